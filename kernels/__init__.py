@@ -1,0 +1,24 @@
+"""Numba kernels behind fastbp's layers; installed as ``fastbp.kernels``.
+
+Each kernel writes into arrays the caller allocates and checks nothing: the layers in
+``fastbp.layers`` validate shapes, dtypes and label ranges before calling one.
+"""
+
+from fastbp.kernels.affine import affine_backward, affine_forward
+from fastbp.kernels.dispatch import CROSSOVER, force_path
+from fastbp.kernels.relu import relu_backward, relu_forward
+from fastbp.kernels.sigmoid import sigmoid_backward, sigmoid_forward
+from fastbp.kernels.softmax_ce import softmax_ce_backward, softmax_ce_forward
+
+__all__ = [
+    "CROSSOVER",
+    "affine_backward",
+    "affine_forward",
+    "force_path",
+    "relu_backward",
+    "relu_forward",
+    "sigmoid_backward",
+    "sigmoid_forward",
+    "softmax_ce_backward",
+    "softmax_ce_forward",
+]

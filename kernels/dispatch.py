@@ -1,0 +1,92 @@
+"""One loop body, two compilations: serial below a measured size, parallel above.
+
+Every kernel in this package is written once with ``prange``. ``twin`` compiles it twice
+(``parallel=False``, where ``prange`` is ``range``, and ``parallel=True``); calling the twin
+picks by the size of its first argument against ``CROSSOVER[name]``. The crossovers are
+measured with ``fastbp bench --crossover`` on a 2-core machine and live only here.
+
+``force_path("serial" | "parallel")`` overrides the choice (tests use it to run both paths).
+A process created by ``fork()`` runs serial kernels only: GNU OpenMP, Numba's default
+threading layer here, aborts a forked child that starts a parallel region.
+"""
+
+import contextlib
+import os
+import types
+
+from numba import njit
+
+# Elements of the first argument at which the parallel build starts to win (2 cores).
+CROSSOVER = {
+    "affine_forward": 1 << 15,
+    "affine_backward": 1 << 15,
+    "relu_forward": 1 << 16,
+    "relu_backward": 1 << 16,
+    "sigmoid_forward": 1 << 13,
+    "sigmoid_backward": 1 << 16,
+    "softmax_ce_forward": 1 << 13,
+    "softmax_ce_backward": 1 << 16,
+}
+
+# Bit-exact float flags: no nnan/ninf (they fold isnan to False) and no reciprocal tricks.
+FASTMATH = {"contract", "reassoc", "nsz"}
+
+_forced = None
+_forked_child = False
+
+
+def _mark_forked_child():
+    global _forked_child
+    _forked_child = True
+
+
+os.register_at_fork(after_in_child=_mark_forked_child)
+
+
+@contextlib.contextmanager
+def force_path(path):
+    """Run every kernel on ``path`` ("serial" or "parallel") inside the ``with`` block."""
+    global _forced
+    if path not in ("serial", "parallel"):
+        raise ValueError(f"path must be 'serial' or 'parallel', got {path!r}")
+    previous, _forced = _forced, path
+    try:
+        yield
+    finally:
+        _forced = previous
+
+
+def _renamed(fn, suffix):
+    """A copy of ``fn`` with its own qualified name, so the two builds cache separately."""
+    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__)
+    copy.__qualname__ = f"{fn.__qualname__}__{suffix}"
+    copy.__module__ = fn.__module__
+    copy.__doc__ = fn.__doc__
+    return copy
+
+
+class Twin:
+    """A kernel compiled serial and parallel; calling it dispatches by input size."""
+
+    def __init__(self, fn):
+        self.name = fn.__name__
+        self.__doc__ = fn.__doc__
+        options = {"cache": True, "nogil": True, "fastmath": FASTMATH}
+        self.serial = njit(**options)(_renamed(fn, "serial"))
+        self.parallel = njit(parallel=True, **options)(_renamed(fn, "parallel"))
+
+    def pick(self, size):
+        """The build that a first argument of ``size`` elements runs on."""
+        if _forced is not None and not (_forked_child and _forced == "parallel"):
+            return self.serial if _forced == "serial" else self.parallel
+        if _forked_child or size < CROSSOVER[self.name]:
+            return self.serial
+        return self.parallel
+
+    def __call__(self, *args):
+        return self.pick(args[0].size)(*args)
+
+
+def twin(fn):
+    """Decorator: compile ``fn`` as a serial/parallel ``Twin``."""
+    return Twin(fn)
