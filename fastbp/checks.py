@@ -7,6 +7,8 @@ N*C elements, small next to the N*C softmax itself). Every error names the argum
 NaN and inf are *not* rejected: they propagate exactly as in NumPy (IEEE rules), which is
 the documented result. Only float32 and float64 data are accepted: integer, bool,
 complex, object and float16 arrays raise ``TypeError`` (cast with ``.astype`` first).
+Lists, read-only, strided, Fortran-ordered and non-native-byte-order arrays are accepted
+and converted (copied only when needed); inputs are never modified.
 """
 
 import numpy as np
@@ -14,9 +16,14 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def native(a):
+    """``a`` in native byte order (Numba cannot read byte-swapped arrays)."""
+    return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
+
+
 def float_array(name, a, ndim=None, min_ndim=0):
     """``a`` as a float32/float64 ndarray of the given rank; lists are converted."""
-    a = np.asarray(a)
+    a = native(np.asarray(a))
     if a.dtype not in FLOAT_DTYPES:
         raise TypeError(
             f"{name} must be a float32 or float64 array, got dtype {a.dtype}; "
@@ -50,9 +57,11 @@ def computable(a, dtype):
 def labels(t, n, c):
     """Validate labels for N rows of C classes: indices t[N] or one-hot rows t[N, C].
 
-    Returns a C-contiguous array the softmax kernels can read without bounds checks.
+    Returns a C-contiguous array the softmax kernels can read without bounds checks. Index
+    labels are returned as a private ``intp`` copy, so that changing the caller's ``t``
+    after ``forward`` can never send an out-of-range index to ``backward``'s kernel.
     """
-    t = np.asarray(t)
+    t = native(np.asarray(t))
     if t.ndim == 1:
         if t.dtype.kind not in "iu":
             raise TypeError(
@@ -61,11 +70,12 @@ def labels(t, n, c):
             )
         if t.shape[0] != n:
             raise ValueError(f"t has {t.shape[0]} labels for a batch of {n} rows")
+        t = t.astype(np.intp)  # the copy is checked, then used: no window for a change
         low, high = t.min(), t.max()
         if low < 0 or high >= c:
             bad = low if low < 0 else high
             raise ValueError(f"t: label {bad} is out of range for {c} classes (0..{c - 1})")
-        return np.ascontiguousarray(t)
+        return t
     if t.ndim == 2:
         if t.shape != (n, c):
             raise ValueError(f"t: one-hot labels have shape {t.shape}, expected {(n, c)}")
@@ -75,3 +85,33 @@ def labels(t, n, c):
             raise ValueError("t: one-hot rows must hold a single 1 and zeros elsewhere")
         return np.ascontiguousarray(t)
     raise ValueError(f"t must be 1-D class indices or 2-D one-hot rows, got shape {t.shape}")
+
+
+def sample_labels(t, c):
+    """Labels of a single sample with C logits, in batch form: one index -> t[1], C one-hot
+    values -> t[1, C] (the book's rule: a t with C entries is one-hot)."""
+    t = np.asarray(t)
+    if t.size == c:
+        return t.reshape(1, c)
+    if t.size == 1:
+        return t.reshape(1)
+    raise ValueError(
+        f"t: a single sample of {c} logits needs one class index or {c} one-hot values, "
+        f"got shape {t.shape}"
+    )
+
+
+def scalar(name, v):
+    """``v`` as a Python float; accepts real numbers and 0-d real arrays."""
+    a = np.asarray(v)
+    if a.ndim != 0:
+        raise ValueError(f"{name} must be a scalar, got shape {a.shape}")
+    if a.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__} ({a.dtype})")
+    return float(a)
+
+
+def after_forward(layer, state):
+    """Raise a clear error when ``backward`` is called before ``forward``."""
+    if state is None:
+        raise RuntimeError(f"{type(layer).__name__}.backward called before forward")

@@ -76,6 +76,7 @@ class Relu:
         return out
 
     def backward(self, dout):
+        checks.after_forward(self, self.mask)
         dout = checks.float_array("dout", dout)
         checks.same_shape("dout", dout, "the forward input", self.mask.shape)
         dout = checks.computable(dout, None)
@@ -97,6 +98,7 @@ class Sigmoid:
         return self.out
 
     def backward(self, dout):
+        checks.after_forward(self, self.out)
         dout = checks.float_array("dout", dout)
         checks.same_shape("dout", dout, "the forward output", self.out.shape)
         dout = checks.computable(dout, None)
@@ -123,37 +125,40 @@ class Affine:
         self.db = None
         self._x = None  # self.x in the compute dtype, C-contiguous
 
-    def _params(self, dtype):
+    def _params(self):
         W = checks.float_array("W", self.W, ndim=2)
         b = checks.float_array("b", self.b, ndim=1)
         if b.shape[0] != W.shape[1]:
             raise ValueError(f"b has shape {b.shape}, expected ({W.shape[1]},) to match W")
-        return checks.computable(W, dtype), checks.computable(b, dtype)
+        return W, b
 
     def forward(self, x):
         x = checks.batch("x", x, min_ndim=2)
         self.original_x_shape = x.shape
         self.x = x.reshape(x.shape[0], -1)
-        W = checks.float_array("W", self.W, ndim=2)
+        W, b = self._params()
         if self.x.shape[1] != W.shape[0]:
             raise ValueError(
                 f"x has {self.x.shape[1]} features per sample (shape {x.shape}), "
                 f"but W expects {W.shape[0]} (W shape {W.shape})"
             )
-        dtype = np.result_type(self.x, W, self.b)
-        W, b = self._params(dtype)
+        dtype = np.result_type(self.x, W, b)
+        W, b = checks.computable(W, dtype), checks.computable(b, dtype)
         self._x = checks.computable(self.x, dtype)
         out = np.empty((self._x.shape[0], W.shape[1]), dtype)
         affine_forward(out, self._x, W, b)
         return out
 
     def backward(self, dout):
+        checks.after_forward(self, self._x)
         dout = checks.float_array("dout", dout, ndim=2)
         n, k = self._x.shape
-        m = self.W.shape[1]
+        W_given, _ = self._params()
+        m = W_given.shape[1]
+        checks.same_shape("W", W_given, "the W used in forward", (k, m))
         checks.same_shape("dout", dout, "the forward output", (n, m))
-        dtype = np.result_type(dout, self._x, self.W)
-        W, _ = self._params(dtype)
+        dtype = np.result_type(dout, self._x, W_given)
+        W = checks.computable(W_given, dtype)
         x = checks.computable(self._x, dtype)
         d = checks.computable(dout, dtype)
         dx = np.empty((n, k), dtype)
@@ -163,7 +168,7 @@ class Affine:
         # NumPy's dtypes for the book's expressions: dW = x.T @ dout, db = sum(dout).
         self.dW = dW.astype(np.result_type(self.x, dout), copy=False)
         self.db = db.astype(dout.dtype, copy=False)
-        return dx.astype(np.result_type(dout, self.W), copy=False).reshape(self.original_x_shape)
+        return dx.astype(np.result_type(dout, W_given), copy=False).reshape(self.original_x_shape)
 
 
 class SoftmaxWithLoss:
@@ -178,28 +183,30 @@ class SoftmaxWithLoss:
         self.y = None
         self.t = None
         self._t = None  # validated labels, 2-D form for a single sample
+        self._y = None  # the softmax output y, 2-D (N, C)
         self._shape = None  # shape of the logits x
 
     def forward(self, x, t):
         x = checks.batch("x", x)
         self._shape = x.shape
+        self.t = t
         if x.ndim == 1:
             x = x.reshape(1, -1)
-            t = np.reshape(t, (1, -1) if np.ndim(t) == 1 else (1,))
+            t = checks.sample_labels(t, x.shape[1])
         if x.ndim != 2:
             raise ValueError(f"x must be 1-D or 2-D logits, got shape {x.shape}")
-        self.t = t
         self._t = checks.labels(t, *x.shape)
         x = checks.computable(x, None)
-        y = np.empty(x.shape, x.dtype)
-        self.loss = x.dtype.type(softmax_ce_forward(x, self._t, y))
-        self.y = y.reshape(self._shape)
+        self._y = np.empty(x.shape, x.dtype)
+        self.loss = x.dtype.type(softmax_ce_forward(x, self._t, self._y))
+        self.y = self._y.reshape(self._shape)
         return self.loss
 
     def backward(self, dout=1):
-        """dx = dout * (y - onehot(t)) / N, in x's shape."""
-        t = self._t
-        y = self.y.reshape(t.shape[0], -1)
+        """dx = dout * (y - onehot(t)) / N, in x's shape; ``dout`` is a real scalar."""
+        checks.after_forward(self, self._t)
+        dout = checks.scalar("dout", dout)
+        t, y = self._t, self._y
         dtype = np.result_type(y, t) if t.ndim == 2 else y.dtype
         dx = np.empty(y.shape, dtype)
         softmax_ce_backward(y, t, dout / y.shape[0], dx)
