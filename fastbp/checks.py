@@ -54,12 +54,14 @@ def computable(a, dtype):
     return np.ascontiguousarray(a, dtype=dtype)
 
 
-def labels(t, n, c):
+def labels(t, n, c, float_dtype):
     """Validate labels for N rows of C classes: indices t[N] or one-hot rows t[N, C].
 
     Returns a C-contiguous array the softmax kernels can read without bounds checks. Index
     labels are returned as a private ``intp`` copy, so that changing the caller's ``t``
     after ``forward`` can never send an out-of-range index to ``backward``'s kernel.
+    One-hot labels come back in ``np.result_type(float_dtype, t.dtype)``, the dtype of
+    the book's ``y - t`` for logits of ``float_dtype`` (exact: the values are 0 and 1).
     """
     t = native(np.asarray(t))
     if t.ndim == 1:
@@ -79,11 +81,14 @@ def labels(t, n, c):
     if t.ndim == 2:
         if t.shape != (n, c):
             raise ValueError(f"t: one-hot labels have shape {t.shape}, expected {(n, c)}")
-        if t.dtype.kind not in "biuf":
-            raise TypeError(f"t: one-hot labels must be numeric, got dtype {t.dtype}")
+        if t.dtype.kind not in "biuf" or np.result_type(float_dtype, t.dtype) not in FLOAT_DTYPES:
+            raise TypeError(
+                f"t: one-hot labels must be bool, integer, float16, float32 or float64, "
+                f"got dtype {t.dtype}"
+            )
         if not (((t == 0) | (t == 1)).all() and (t.sum(axis=1) == 1).all()):
             raise ValueError("t: one-hot rows must hold a single 1 and zeros elsewhere")
-        return np.ascontiguousarray(t)
+        return np.ascontiguousarray(t, dtype=np.result_type(float_dtype, t.dtype))
     raise ValueError(f"t must be 1-D class indices or 2-D one-hot rows, got shape {t.shape}")
 
 

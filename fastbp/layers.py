@@ -195,7 +195,7 @@ class SoftmaxWithLoss:
             t = checks.sample_labels(t, x.shape[1])
         if x.ndim != 2:
             raise ValueError(f"x must be 1-D or 2-D logits, got shape {x.shape}")
-        self._t = checks.labels(t, *x.shape)
+        self._t = checks.labels(t, *x.shape, x.dtype)
         x = checks.computable(x, None)
         self._y = np.empty(x.shape, x.dtype)
         self.loss = x.dtype.type(softmax_ce_forward(x, self._t, self._y))
