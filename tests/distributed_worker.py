@@ -1,0 +1,59 @@
+"""Run by tests/test_distributed.py, single-process or under ``mpiexec -n N``.
+
+Trains a small float64 TwoLayerNet on fixed global batches, including sizes that do not
+split evenly over two ranks and a batch of one sample (an empty shard on rank 1), then
+saves the final parameters (rank 0) to the .npz file named on the command line.
+Usage: python distributed_worker.py OUT.npz [--distributed]
+"""
+
+import sys
+
+import numpy as np
+
+from fastbp.nets import TwoLayerNet
+from fastbp.reference import Momentum
+
+SIZES = (20, 8, 5)  # input, hidden, classes
+BATCH_SIZES = (7, 8, 1, 5, 6)
+
+
+def batches():
+    """The global batches (x[B, 20] float64, t[B] class indices), the same on every rank."""
+    rng = np.random.default_rng(7)
+    for n in BATCH_SIZES:
+        yield rng.standard_normal((n, SIZES[0])), rng.integers(0, SIZES[2], n)
+
+
+def train(net):
+    """Momentum steps on every global batch; returns the per-step losses."""
+    optimizer = Momentum(lr=0.5)
+    losses = []
+    for x, t in batches():
+        optimizer.update(net.params, net.gradient(x, t))
+        losses.append(net.loss(x, t))
+    return losses
+
+
+def make_net(seed):
+    """TwoLayerNet with weights drawn from ``seed``."""
+    return TwoLayerNet(*SIZES, weight_init_std=0.5, rng=seed)
+
+
+def main(out, distributed):
+    if not distributed:
+        net = make_net(0)
+        np.savez(out, losses=train(net), **net.params)
+        return
+    from fastbp.distributed import DataParallel, abort_on_error, get_mpi
+
+    comm = get_mpi().COMM_WORLD
+    with abort_on_error(comm):
+        # Every rank starts from different weights: DataParallel must broadcast rank 0's.
+        net = DataParallel(make_net(comm.rank), comm)
+        losses = train(net)
+        if comm.rank == 0:
+            np.savez(out, losses=losses, **net.params)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], "--distributed" in sys.argv[2:])

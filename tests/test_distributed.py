@@ -1,0 +1,108 @@
+"""Data-parallel training over MPI (fastbp.distributed), run as ``mpiexec -n 2`` jobs.
+
+The MPI tests need mpi4py and an ``mpiexec`` (the ``[mpi]`` extra); without mpi4py they
+are skipped. Every job runs with a timeout, so a hang fails the test instead of CI.
+The single-process run happens in this process first, which also fills the Numba cache
+the ranks then load (two ranks compiling into one cache at once may race).
+"""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import assert_close
+
+from fastbp.distributed import FlatBuffer, shard
+
+HERE = Path(__file__).parent
+JOB_TIMEOUT = 60  # seconds; a job that takes longer is hung
+
+
+def mpiexec_path():
+    """The mpiexec next to this Python (the [mpi] extra's MPICH), else one on PATH."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return shutil.which("mpiexec", path=path)
+
+
+def run_job(ranks, args, env=None):
+    """Run ``mpiexec -n ranks python args...``; (returncode, stdout + stderr) or fail on hang."""
+    pytest.importorskip("mpi4py", reason="the MPI tests need the [mpi] extra (mpi4py)")
+    mpiexec = mpiexec_path()
+    if mpiexec is None:
+        pytest.skip("mpi4py is installed but no mpiexec was found next to Python or on PATH")
+    env = {**os.environ, "NUMBA_NUM_THREADS": "1", **(env or {})}
+    proc = subprocess.Popen(
+        [mpiexec, "-n", str(ranks), sys.executable, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=JOB_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"mpiexec -n {ranks} hung for {JOB_TIMEOUT} s; output:\n{out}")
+    return proc.returncode, out
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5])
+@pytest.mark.parametrize("batch_size", [0, 1, 2, 7, 100, 101])
+def test_shards_partition_the_batch_evenly(batch_size, size):
+    parts = [shard(batch_size, size, rank) for rank in range(size)]
+    assert parts[0].start == 0 and parts[-1].stop == batch_size
+    assert all(a.stop == b.start for a, b in zip(parts[:-1], parts[1:], strict=True))
+    lengths = [p.stop - p.start for p in parts]
+    assert max(lengths) - min(lengths) <= 1
+
+
+def test_flat_buffer_views_share_one_array():
+    shapes = {"W1": (3, 4), "b1": (4,), "W2": (4, 2)}
+    buffer = FlatBuffer(shapes, np.float32, extra=1)
+    assert buffer.flat.shape == (12 + 4 + 8 + 1,) and buffer.extra.shape == (1,)
+    arrays = {
+        k: np.arange(np.prod(s), dtype=np.float64).reshape(s) + i
+        for i, (k, s) in enumerate(shapes.items())
+    }
+    buffer.pack(arrays, 0.5)
+    for name, view in buffer.views.items():
+        assert view.base is buffer.flat and view.dtype == np.float32
+        assert_close(view, arrays[name] * 0.5, 0)
+    buffer.flat[:] = 1
+    buffer.unpack(arrays)
+    assert all((a == 1).all() for a in arrays.values())
+
+
+def test_two_ranks_match_one_process_on_the_same_global_batches(tmp_path):
+    import distributed_worker
+
+    distributed_worker.main(tmp_path / "single.npz", distributed=False)
+    code, out = run_job(2, [HERE / "distributed_worker.py", tmp_path / "mpi.npz", "--distributed"])
+    assert code == 0, out
+    single, mpi = np.load(tmp_path / "single.npz"), np.load(tmp_path / "mpi.npz")
+    assert set(single) == set(mpi)
+    for name in single:
+        assert_close(mpi[name], single[name], 1e-10)
+
+
+@pytest.mark.parametrize("mode", ["raise", "kill"])
+def test_a_failing_rank_ends_the_whole_job(tmp_path, mode):
+    code, out = run_job(
+        2,
+        [HERE / "distributed_worker.py", tmp_path / "mpi.npz", "--distributed"],
+        env={"FASTBP_TEST_FAIL_AT": f"1:2:{mode}"},
+    )
+    assert code != 0, out
+    if mode == "raise":
+        assert re.search(r"rank 1 of 2 failed: RuntimeError: .*aborting all ranks", out), out
+    else:
+        assert "rank 1 dies at step 2" in out and "BAD TERMINATION" in out, out
+    assert not (tmp_path / "mpi.npz").exists()
