@@ -1,0 +1,191 @@
+"""The book's networks built from ``fastbp.layers``: TwoLayerNet (ch.5) and MultiLayerNet.
+
+Same constructor arguments, attributes (``params``, ``layers``, ``lastLayer``) and methods
+(``predict``, ``loss``, ``accuracy``, ``numerical_gradient``, ``gradient``) as the book's
+``ch05/two_layer_net.py`` and ``common/multi_layer_net.py``, plus two keywords:
+
+- ``dtype``: float64 (default, as the book) or float32 parameters;
+- ``rng``: a ``numpy.random.Generator`` (or seed) for the initial weights; None draws from
+  the global ``np.random`` state like the book, so ``np.random.seed`` reproduces its nets.
+
+Each Affine layer holds its ``params`` arrays by reference: in-place updates by an
+optimizer and in-place perturbations by ``numerical_gradient`` reach the layers directly.
+"""
+
+from collections import OrderedDict
+
+import numpy as np
+
+from fastbp.gradcheck import numerical_gradient
+from fastbp.layers import Affine, Relu, Sigmoid, SoftmaxWithLoss
+
+ACTIVATIONS = {"relu": Relu, "sigmoid": Sigmoid}
+# Named weight scales of MultiLayerNet: std = sqrt(gain / fan_in).
+INIT_GAINS = {"relu": 2.0, "he": 2.0, "sigmoid": 1.0, "xavier": 1.0}
+
+
+def _dtype(dtype):
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+def _sizes(input_size, hidden_sizes, output_size):
+    sizes = [input_size, *hidden_sizes, output_size]
+    for size in sizes:
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+            raise ValueError(f"layer sizes must be positive integers, got {sizes}")
+    return [int(size) for size in sizes]
+
+
+def _normal(rng, shape):
+    """Standard normal float64 draws from ``rng``, or from np.random like the book."""
+    if rng is None:
+        return np.random.randn(*shape)  # noqa: NPY002 (the book's global state)
+    return np.random.default_rng(rng).standard_normal(shape)
+
+
+class LayerNet:
+    """Affine layers with an activation between each pair, then SoftmaxWithLoss.
+
+    sizes: [input, hidden..., output]; stds: the weight init std of each Affine layer;
+    activation: the activation layer class; activation_name: its key prefix in ``layers``
+    ("Relu" gives Relu1, Relu2, ...). ``weight_decay_lambda`` adds
+    0.5 * lambda * sum(W**2) per weight matrix to the loss (and lambda * W to its gradient).
+    """
+
+    def __init__(self, sizes, stds, activation, activation_name, weight_decay_lambda, dtype, rng):
+        dtype = _dtype(dtype)
+        rng = None if rng is None else np.random.default_rng(rng)
+        self.weight_decay_lambda = weight_decay_lambda
+        self.params = {}
+        self.layers = OrderedDict()
+        self.n_affine = len(sizes) - 1
+        for i in range(1, self.n_affine + 1):
+            W = (stds[i - 1] * _normal(rng, (sizes[i - 1], sizes[i]))).astype(dtype)
+            self.params[f"W{i}"] = W
+            self.params[f"b{i}"] = np.zeros(sizes[i], dtype)
+            self.layers[f"Affine{i}"] = Affine(W, self.params[f"b{i}"])
+            if i < self.n_affine:
+                self.layers[f"{activation_name}{i}"] = activation()
+        self.lastLayer = SoftmaxWithLoss()
+
+    def predict(self, x):
+        """Scores [N, output_size] of inputs x[N, input_size] (or x[N, 1, 28, 28])."""
+        for layer in self.layers.values():
+            x = layer.forward(x)
+        return x
+
+    def loss(self, x, t):
+        """Mean cross-entropy of the batch (plus weight decay); t one-hot or class indices."""
+        loss = self.lastLayer.forward(self.predict(x), t)
+        if self.weight_decay_lambda:
+            for i in range(1, self.n_affine + 1):
+                W = self.params[f"W{i}"].reshape(-1)
+                loss += 0.5 * self.weight_decay_lambda * np.dot(W, W)
+        return loss
+
+    def accuracy(self, x, t):
+        """Fraction of the batch whose highest score is the label (t one-hot or indices)."""
+        y = np.argmax(self.predict(x), axis=1)
+        if t.ndim != 1:
+            t = np.argmax(t, axis=1)
+        return np.sum(y == t) / float(x.shape[0])
+
+    def numerical_gradient(self, x, t):
+        """{param name: gradient} by central differences (slow; for checking ``gradient``)."""
+        return {
+            key: numerical_gradient(lambda _: self.loss(x, t), p) for key, p in self.params.items()
+        }
+
+    def gradient(self, x, t):
+        """{param name: gradient} of ``loss(x, t)`` by backpropagation."""
+        self.loss(x, t)
+        dout = self.lastLayer.backward(1)
+        for layer in reversed(self.layers.values()):
+            dout = layer.backward(dout)
+        grads = {}
+        for i in range(1, self.n_affine + 1):
+            affine = self.layers[f"Affine{i}"]
+            decay = self.weight_decay_lambda
+            grads[f"W{i}"] = affine.dW + decay * affine.W if decay else affine.dW
+            grads[f"b{i}"] = affine.db
+        return grads
+
+
+class TwoLayerNet(LayerNet):
+    """The book's ch.5 TwoLayerNet: Affine1, Relu1, Affine2, then SoftmaxWithLoss.
+
+    Weights are ``weight_init_std`` times standard normal draws, biases zero; ``dtype`` is
+    float64 (the book) or float32.
+    """
+
+    def __init__(
+        self,
+        input_size,
+        hidden_size,
+        output_size,
+        weight_init_std=0.01,
+        *,
+        dtype=np.float64,
+        rng=None,
+    ):
+        sizes = _sizes(input_size, [hidden_size], output_size)
+        super().__init__(sizes, [weight_init_std] * 2, Relu, "Relu", 0, dtype, rng)
+
+
+class MultiLayerNet(LayerNet):
+    """The book's MultiLayerNet: (Affine, activation) per hidden size, Affine, SoftmaxWithLoss.
+
+    activation: 'relu' or 'sigmoid' (layers named Activation_function1, 2, ...).
+    weight_init_std: 'relu'/'he' (std sqrt(2 / fan_in)), 'sigmoid'/'xavier'
+    (sqrt(1 / fan_in)) or a number used as the std of every layer.
+    weight_decay_lambda: L2 penalty 0.5 * lambda * sum(W**2) per weight matrix.
+    """
+
+    def __init__(
+        self,
+        input_size,
+        hidden_size_list,
+        output_size,
+        activation="relu",
+        weight_init_std="relu",
+        weight_decay_lambda=0,
+        *,
+        dtype=np.float64,
+        rng=None,
+    ):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        sizes = _sizes(input_size, list(hidden_size_list), output_size)
+        if isinstance(weight_init_std, str):
+            if weight_init_std.lower() not in INIT_GAINS:
+                raise ValueError(
+                    f"weight_init_std must be a number or one of {sorted(INIT_GAINS)}, "
+                    f"got {weight_init_std!r}"
+                )
+            gain = INIT_GAINS[weight_init_std.lower()]
+            stds = [np.sqrt(gain / fan_in) for fan_in in sizes[:-1]]
+        else:
+            stds = [weight_init_std] * (len(sizes) - 1)
+        if weight_decay_lambda < 0:
+            raise ValueError(f"weight_decay_lambda must be >= 0, got {weight_decay_lambda}")
+        self.input_size = sizes[0]
+        self.hidden_size_list = sizes[1:-1]
+        self.output_size = sizes[-1]
+        self.hidden_layer_num = len(self.hidden_size_list)
+        super().__init__(
+            sizes,
+            stds,
+            ACTIVATIONS[activation],
+            "Activation_function",
+            weight_decay_lambda,
+            dtype,
+            rng,
+        )
+
+    @property
+    def last_layer(self):
+        """The book's MultiLayerNet name for ``lastLayer``."""
+        return self.lastLayer
