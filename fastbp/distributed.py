@@ -18,9 +18,13 @@ the excepthook ``DataParallel`` installs) prints the error with the rank and cal
 ``FASTBP_MPI_TIMEOUT`` seconds (default 300).
 """
 
+import argparse
 import contextlib
+import json
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import time
 import traceback
@@ -44,6 +48,15 @@ def get_mpi():
             "pip install 'fastbp[mpi]' (installs mpi4py and MPICH from PyPI)"
         ) from e
     return MPI
+
+
+def find_mpiexec():
+    """The mpiexec next to this Python (the [mpi] extra's MPICH), else one on PATH."""
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    found = shutil.which("mpiexec", path=path)
+    if found is None:
+        raise FileNotFoundError("no mpiexec next to Python or on PATH: pip install 'fastbp[mpi]'")
+    return found
 
 
 def shard(batch_size, size, rank):
@@ -179,6 +192,7 @@ class DataParallel:
         if timeout is not None:
             self.timeout = timeout
         self.steps = 0
+        self.allreduce_seconds = 0.0  # time spent in (and waiting for) gradient Allreduces
         install_excepthook(self.comm)
         params = net.params
         broadcast_params(params, self.comm)
@@ -204,7 +218,9 @@ class DataParallel:
             self.grads.pack(self.net.gradient(x, t), weight)
         else:
             self.grads.flat[...] = 0
+        start = time.perf_counter()
         allreduce_sum(self.comm, self.grads.flat, self.timeout, "gradient Allreduce")
+        self.allreduce_seconds += time.perf_counter() - start
         return self.grads.views
 
     def sum_weighted(self, value, weight, what):
@@ -223,3 +239,122 @@ class DataParallel:
         xs, ts, weight = self.local(x, t)
         local = round(self.net.accuracy(xs, ts) * len(xs)) if weight else 0
         return self.sum_weighted(local, 1.0, "accuracy Allreduce") / float(len(x))
+
+
+# -- benchmark: python -m fastbp.distributed --bench ------------------------------------
+
+# (ranks, threads per rank) of the benchmark runs; threads cap Numba and BLAS alike.
+BENCH_CONFIGS = ((1, 2), (1, 1), (2, 1))
+THREAD_VARS = ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def bench_worker(hidden, batch_size, steps, dtype):
+    """Time ``steps`` SGD steps of TwoLayerNet(784, hidden, 10) on MNIST global batches.
+
+    Runs on every rank; rank 0 prints one JSON line: seconds per step, seconds per step
+    spent in the gradient Allreduce (waiting for slower ranks included), and the median
+    time of a bare Allreduce of the gradient buffer after a Barrier.
+    """
+    from fastbp.data import load_mnist
+    from fastbp.nets import TwoLayerNet
+    from fastbp.optimizers import SGD
+
+    comm = get_mpi().COMM_WORLD
+    (x, t), _ = load_mnist()
+    net = DataParallel(TwoLayerNet(784, hidden, 10, dtype=dtype, rng=0), comm)
+    optimizer = SGD(lr=0.1)
+    rng = np.random.default_rng(0)
+
+    def step():
+        batch = rng.choice(len(x), batch_size)
+        optimizer.update(net.params, net.gradient(x[batch], t[batch]))
+
+    for _ in range(max(3, steps // 10)):
+        step()
+    comm.Barrier()
+    net.allreduce_seconds = 0.0
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    comm.Barrier()
+    elapsed = time.perf_counter() - start
+    bare = []
+    for _ in range(30):
+        comm.Barrier()
+        tick = time.perf_counter()
+        allreduce_sum(comm, net.grads.flat, net.timeout, "benchmark Allreduce")
+        bare.append(time.perf_counter() - tick)
+    if comm.rank == 0:
+        result = {
+            "ranks": comm.size,
+            "step_s": elapsed / steps,
+            "allreduce_in_step_s": net.allreduce_seconds / steps,
+            "bare_allreduce_s": float(np.median(bare)),
+            "buffer_bytes": net.grads.flat.nbytes,
+        }
+        print(json.dumps(result), flush=True)
+
+
+def bench(hidden, batch_size, steps, dtype, mpiexec):
+    """Run ``bench_worker`` for every (ranks, threads) in BENCH_CONFIGS; returns the rows."""
+    rows = []
+    for ranks, threads in BENCH_CONFIGS:
+        env = {**os.environ, **dict.fromkeys(THREAD_VARS, str(threads))}
+        command = [mpiexec, "-n", str(ranks), sys.executable, "-m", "fastbp.distributed"]
+        command += ["--bench-worker", f"--hidden={hidden}", f"--batch-size={batch_size}"]
+        command += [f"--steps={steps}", f"--dtype={dtype}"]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout}{done.stderr}")
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        rows.append({"threads": threads, **row})
+    return rows
+
+
+def bench_table(rows, hidden, batch_size, dtype):
+    """The benchmark rows as a text table, speed-ups against the first row."""
+    lines = [
+        f"TwoLayerNet 784-{hidden}-10 {dtype}, global batch {batch_size}, "
+        f"{rows[0]['buffer_bytes']:,} bytes all-reduced per step",
+        f"{'ranks x threads':>15} {'steps/s':>9} {'samples/s':>10} {'speed-up':>8} "
+        f"{'allreduce/step':>14} {'bare allreduce':>14}",
+    ]
+    for row in rows:
+        step, in_step, bare = row["step_s"], row["allreduce_in_step_s"], row["bare_allreduce_s"]
+        lines.append(
+            f"{row['ranks']:>7} x {row['threads']:<5} {1 / step:>9.1f} "
+            f"{batch_size / step:>10.0f} {rows[0]['step_s'] / step:>8.2f} "
+            f"{in_step * 1e3:>11.3f} ms {bare * 1e3:>11.3f} ms"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m fastbp.distributed",
+        description="Benchmark data-parallel training: 1 rank x 2 threads, 1 rank x 1 "
+        "thread and 2 ranks x 1 thread (launches mpiexec itself).",
+    )
+    parser.add_argument("--bench", action="store_true", help="run the benchmark")
+    parser.add_argument("--bench-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--hidden", type=int, default=50, help="hidden units (default 50)")
+    parser.add_argument("--batch-size", type=int, default=100, help="global batch (100)")
+    parser.add_argument("--steps", type=int, default=300, help="timed steps (default 300)")
+    parser.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    parser.add_argument("--mpiexec", default=None, help="mpiexec to use (default: on PATH)")
+    args = parser.parse_args(argv)
+    if args.bench_worker:
+        comm = get_mpi().COMM_WORLD
+        with abort_on_error(comm):
+            bench_worker(args.hidden, args.batch_size, args.steps, args.dtype)
+        return 0
+    if not args.bench:
+        parser.error("nothing to do: pass --bench")
+    mpiexec = args.mpiexec or find_mpiexec()
+    rows = bench(args.hidden, args.batch_size, args.steps, args.dtype, mpiexec)
+    print(bench_table(rows, args.hidden, args.batch_size, args.dtype))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

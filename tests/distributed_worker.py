@@ -11,7 +11,7 @@ import sys
 import numpy as np
 
 from fastbp.nets import TwoLayerNet
-from fastbp.reference import Momentum
+from fastbp.optimizers import Momentum
 
 SIZES = (20, 8, 5)  # input, hidden, classes
 BATCH_SIZES = (7, 8, 1, 5, 6)

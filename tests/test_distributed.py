@@ -8,7 +8,6 @@ the ranks then load (two ranks compiling into one cache at once may race).
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,24 +17,19 @@ import numpy as np
 import pytest
 from helpers import assert_close
 
-from fastbp.distributed import FlatBuffer, shard
+from fastbp.distributed import FlatBuffer, find_mpiexec, shard
 
 HERE = Path(__file__).parent
 JOB_TIMEOUT = 60  # seconds; a job that takes longer is hung
 
 
-def mpiexec_path():
-    """The mpiexec next to this Python (the [mpi] extra's MPICH), else one on PATH."""
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    return shutil.which("mpiexec", path=path)
-
-
 def run_job(ranks, args, env=None):
     """Run ``mpiexec -n ranks python args...``; (returncode, stdout + stderr) or fail on hang."""
     pytest.importorskip("mpi4py", reason="the MPI tests need the [mpi] extra (mpi4py)")
-    mpiexec = mpiexec_path()
-    if mpiexec is None:
-        pytest.skip("mpi4py is installed but no mpiexec was found next to Python or on PATH")
+    try:
+        mpiexec = find_mpiexec()
+    except FileNotFoundError as e:
+        pytest.skip(f"mpi4py is installed but {e}")
     env = {**os.environ, "NUMBA_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.Popen(
         [mpiexec, "-n", str(ranks), sys.executable, *map(str, args)],
