@@ -50,8 +50,11 @@ def same_shape(name, a, expected_name, shape):
 
 
 def computable(a, dtype):
-    """``a`` as a C-contiguous array of ``dtype`` (no copy when it already is one)."""
-    return np.ascontiguousarray(a, dtype=dtype)
+    """``a`` as a C-contiguous array of ``dtype`` (no copy when it already is one).
+
+    Unlike ``np.ascontiguousarray``, a 0-d array stays 0-d.
+    """
+    return np.asarray(a, dtype=dtype, order="C")
 
 
 def labels(t, n, c, float_dtype):

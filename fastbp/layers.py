@@ -134,17 +134,18 @@ class Affine:
 
     def forward(self, x):
         x = checks.batch("x", x, min_ndim=2)
-        self.original_x_shape = x.shape
-        self.x = x.reshape(x.shape[0], -1)
+        flat = x.reshape(x.shape[0], -1)
         W, b = self._params()
-        if self.x.shape[1] != W.shape[0]:
+        if flat.shape[1] != W.shape[0]:
             raise ValueError(
-                f"x has {self.x.shape[1]} features per sample (shape {x.shape}), "
+                f"x has {flat.shape[1]} features per sample (shape {x.shape}), "
                 f"but W expects {W.shape[0]} (W shape {W.shape})"
             )
-        dtype = np.result_type(self.x, W, b)
+        dtype = np.result_type(flat, W, b)
         W, b = checks.computable(W, dtype), checks.computable(b, dtype)
-        self._x = checks.computable(self.x, dtype)
+        # State changes only after validation, so a rejected x leaves backward consistent.
+        self.original_x_shape, self.x = x.shape, flat
+        self._x = checks.computable(flat, dtype)
         out = np.empty((self._x.shape[0], W.shape[1]), dtype)
         affine_forward(out, self._x, W, b)
         return out
@@ -188,18 +189,19 @@ class SoftmaxWithLoss:
 
     def forward(self, x, t):
         x = checks.batch("x", x)
-        self._shape = x.shape
-        self.t = t
+        shape, given_t = x.shape, t
         if x.ndim == 1:
             x = x.reshape(1, -1)
             t = checks.sample_labels(t, x.shape[1])
         if x.ndim != 2:
             raise ValueError(f"x must be 1-D or 2-D logits, got shape {x.shape}")
-        self._t = checks.labels(t, *x.shape, x.dtype)
+        t = checks.labels(t, *x.shape, x.dtype)
         x = checks.computable(x, None)
-        self._y = np.empty(x.shape, x.dtype)
-        self.loss = x.dtype.type(softmax_ce_forward(x, self._t, self._y))
-        self.y = self._y.reshape(self._shape)
+        y = np.empty(x.shape, x.dtype)
+        loss = x.dtype.type(softmax_ce_forward(x, t, y))
+        # State changes only after validation, so rejected labels leave backward consistent.
+        self._shape, self.t, self._t, self._y = shape, given_t, t, y
+        self.loss, self.y = loss, y.reshape(shape)
         return self.loss
 
     def backward(self, dout=1):

@@ -66,7 +66,10 @@ def labels_of(t, y):
 
 
 def cross_entropy_error(y, t):
-    """Mean over rows of -log(y[label] + 1e-7) for 2-D y."""
+    """Mean over rows of -log(y[label] + 1e-7); a 1-D y is one sample, as in the book."""
+    if y.ndim == 1:
+        t = np.reshape(t, (1, np.size(t)))
+        y = y.reshape(1, y.size)
     n = y.shape[0]
     return -np.sum(np.log(y[np.arange(n), labels_of(t, y)] + LOG_EPS)) / n
 

@@ -1,0 +1,174 @@
+"""Every kernel, both builds, against fastbp.reference: three-way agreement.
+
+Each test runs ``kernel.serial`` and ``kernel.parallel`` on the same inputs, each into
+NaN-filled outputs (so an element a build forgets to write shows up), checks that the
+inputs are untouched and that the two builds agree to 1 ulp, then compares the result with
+the NumPy reference at the tolerances of ``helpers.rtol_for``. Sizes: batch 1, odd sizes,
+and one large case per kernel (>= 1M elements, where the parallel build has many chunks).
+"""
+
+import numpy as np
+import pytest
+from helpers import (
+    CORE_KERNELS,
+    FLOATS,
+    INDEX_DTYPES,
+    assert_close,
+    index_labels,
+    normal,
+    one_hot,
+    rtol_for,
+)
+
+from fastbp import kernels
+from fastbp import reference as ref
+
+# Elementwise kernels: flat sizes (batch 1, 7x13, > 1M).
+FLAT_SIZES = {"batch1": 1, "odd": 7 * 13, "large": (1 << 20) + 7}
+# Affine (N, K, M): the output N x M of the large case has > 1M elements.
+AFFINE_SHAPES = {"batch1": (1, 5, 3), "odd": (7, 13, 11), "large": (1031, 17, 1031)}
+# Softmax logits (N, C).
+SOFTMAX_SHAPES = {"batch1": (1, 10), "odd": (7, 13), "large": (100_003, 11)}
+LABEL_KINDS = (*(np.dtype(d).name for d in INDEX_DTYPES), "onehot")
+
+
+def run_builds(kernel, args, outputs):
+    """Run both builds of ``kernel`` on ``args`` and check they agree.
+
+    ``outputs`` maps argument positions to output arrays; each build writes into its own
+    NaN-filled (bool: False) copy. Returns (outputs, return value) of the serial build.
+    """
+    results = []
+    for build in (kernel.serial, kernel.parallel):
+        call = list(args)
+        for pos, out in outputs.items():
+            call[pos] = np.full_like(out, False if out.dtype == np.bool_ else np.nan)
+        inputs = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+        value = build(*call)
+        for pos, (before, arg) in enumerate(zip(inputs, args, strict=True)):
+            if pos not in outputs and isinstance(arg, np.ndarray):
+                np.testing.assert_array_equal(arg, before, strict=True)
+        results.append(([call[pos] for pos in outputs], value))
+    (serial, serial_value), (parallel, parallel_value) = results
+    for a, b in zip(serial, parallel, strict=True):
+        if a.dtype == np.bool_:
+            np.testing.assert_array_equal(a, b)
+        else:
+            np.testing.assert_array_max_ulp(a, b, maxulp=1)
+    if serial_value is not None:
+        # The loss is a sum over rows; the parallel build adds them in another order.
+        assert parallel_value == pytest.approx(serial_value, rel=1e-12)
+    return serial, serial_value
+
+
+def with_special_values(x):
+    """``x`` with NaN, +-inf and +-0 in its first entries (as many as fit)."""
+    special = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0], x.dtype)[: x.size]
+    x[: special.size] = special
+    return x
+
+
+@pytest.fixture(params=FLOATS, ids=lambda d: np.dtype(d).name)
+def dtype(request):
+    return request.param
+
+
+@pytest.mark.parametrize("size", FLAT_SIZES.values(), ids=FLAT_SIZES.keys())
+def test_relu(rng, dtype, size):
+    x = with_special_values(normal(rng, size, dtype))
+    dout = normal(rng, size, dtype)
+    out, mask = np.empty_like(x), np.empty(size, np.bool_)
+    (out, mask), _ = run_builds(kernels.relu_forward, (x, out, mask), {1: out, 2: mask})
+    expected, expected_mask = ref.relu_forward(x)
+    np.testing.assert_array_equal(mask, expected_mask)
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(np.signbit(out), np.signbit(expected))  # -0.0 -> +0.0
+    (dx,), _ = run_builds(kernels.relu_backward, (dout, mask, np.empty_like(dout)), {2: dout})
+    np.testing.assert_array_equal(dx, ref.relu_backward(dout, mask))
+
+
+@pytest.mark.parametrize("size", FLAT_SIZES.values(), ids=FLAT_SIZES.keys())
+def test_sigmoid(rng, dtype, size):
+    # Up to |x| = 40 in float32 and 400 in float64: the tails where a naive exp overflows.
+    x = with_special_values(normal(rng, size, dtype, scale=10 if dtype == np.float32 else 100))
+    (y,), _ = run_builds(kernels.sigmoid_forward, (x, np.empty_like(x)), {1: x})
+    with np.errstate(invalid="ignore"):  # NumPy warns on logaddexp(0, inf); the result is right
+        expected = ref.sigmoid(x)
+    assert_close(y, expected, rtol_for(dtype))
+    y = ref.sigmoid(normal(rng, size, dtype))
+    dout = normal(rng, size, dtype)
+    (dx,), _ = run_builds(kernels.sigmoid_backward, (dout, y, np.empty_like(y)), {2: y})
+    assert_close(dx, ref.sigmoid_backward(dout, y), rtol_for(dtype))
+
+
+@pytest.mark.parametrize("shape", AFFINE_SHAPES.values(), ids=AFFINE_SHAPES.keys())
+def test_affine_forward(rng, dtype, shape):
+    n, k, m = shape
+    x, W, b = normal(rng, (n, k), dtype), normal(rng, (k, m), dtype), normal(rng, m, dtype)
+    out = np.empty((n, m), dtype)
+    (out,), _ = run_builds(kernels.affine_forward, (out, x, W, b), {0: out})
+    assert_close(out, ref.affine_forward(x, W, b), rtol_for(dtype))
+
+
+@pytest.mark.parametrize("need_dx", [True, False], ids=["need_dx", "no_dx"])
+@pytest.mark.parametrize("shape", AFFINE_SHAPES.values(), ids=AFFINE_SHAPES.keys())
+def test_affine_backward(rng, dtype, shape, need_dx):
+    n, k, m = shape
+    dout, x, W = normal(rng, (n, m), dtype), normal(rng, (n, k), dtype), normal(rng, (k, m), dtype)
+    dx, dW, db = np.empty((n, k), dtype), np.empty((k, m), dtype), np.empty(m, dtype)
+    args = (dout, x, W, dx, dW, db, need_dx)
+    (dx, dW, db), _ = run_builds(kernels.affine_backward, args, {3: dx, 4: dW, 5: db})
+    expected_dx, expected_dW, expected_db = ref.affine_backward(dout, x, W)
+    rtol = rtol_for(dtype)
+    if need_dx:
+        assert_close(dx, expected_dx, rtol)
+    else:
+        assert np.isnan(dx).all()  # not computed, not even touched
+    assert_close(dW, expected_dW, rtol)
+    assert_close(db, expected_db, rtol)
+
+
+@pytest.mark.parametrize("labels", LABEL_KINDS)
+@pytest.mark.parametrize("shape", SOFTMAX_SHAPES.values(), ids=SOFTMAX_SHAPES.keys())
+def test_softmax_ce(rng, dtype, shape, labels):
+    n, c = shape
+    x = normal(rng, shape, dtype, scale=5)
+    t = index_labels(rng, n, c, np.int64 if labels == "onehot" else labels)
+    if labels == "onehot":
+        t = one_hot(t, c, dtype)
+    (y,), loss = run_builds(kernels.softmax_ce_forward, (x, t, np.empty_like(x)), {2: x})
+    expected_loss, expected_y = ref.softmax_ce_forward(x, t)
+    rtol = rtol_for(dtype)
+    assert_close(y, expected_y, rtol)
+    assert loss == pytest.approx(expected_loss, rel=rtol)
+    dout = 1.7
+    (dx,), _ = run_builds(kernels.softmax_ce_backward, (y, t, dout / n, np.empty_like(y)), {3: y})
+    assert_close(dx, ref.softmax_ce_backward(y, t, dout), rtol)
+
+
+@pytest.mark.parametrize("name", CORE_KERNELS)
+def test_dispatch_picks_the_build_by_size(name):
+    kernel = getattr(kernels, name)
+    assert kernel.pick(kernels.CROSSOVER[name] - 1) is kernel.serial
+    assert kernel.pick(kernels.CROSSOVER[name]) is kernel.parallel
+    with kernels.force_path("serial"):
+        assert kernel.pick(1 << 30) is kernel.serial
+    with kernels.force_path("parallel"):
+        assert kernel.pick(1) is kernel.parallel
+    assert kernel.parallel.targetoptions["parallel"] is True
+    assert "parallel" not in kernel.serial.targetoptions
+
+
+def test_twin_call_runs_the_forced_build(rng):
+    x = normal(rng, 100, np.float64)
+    expected, _ = ref.relu_forward(x)
+    for path in ("serial", "parallel"):
+        out = np.full_like(x, np.nan)
+        with kernels.force_path(path):
+            kernels.relu_forward(x, out, np.empty(x.shape, np.bool_))
+        np.testing.assert_array_equal(out, expected)
+
+
+def test_force_path_rejects_unknown_paths():
+    with pytest.raises(ValueError, match="path"), kernels.force_path("gpu"):
+        pass
