@@ -5,12 +5,15 @@ Every kernel in this package is written once with ``prange``. ``twin`` compiles 
 picks by the size of its first argument against ``CROSSOVER[name]``. The crossovers are
 measured with ``fastbp bench --crossover`` on a 2-core machine and live only here.
 
-``force_path("serial" | "parallel")`` overrides the choice (tests use it to run both paths).
+``force_path("serial" | "parallel")`` overrides the choice (tests use it to run both paths)
+for the calling thread only (a ``contextvars`` setting, like ``decimal.localcontext``):
+threads started inside the block, and other threads, keep choosing by size.
 A process created by ``fork()`` runs serial kernels only: GNU OpenMP, Numba's default
 threading layer here, aborts a forked child that starts a parallel region.
 """
 
 import contextlib
+import contextvars
 import os
 import types
 
@@ -26,12 +29,17 @@ CROSSOVER = {
     "sigmoid_backward": 1 << 16,
     "softmax_ce_forward": 1 << 13,
     "softmax_ce_backward": 1 << 16,
+    # Optimizer updates (kernels/optimizers.py): first guesses, not yet measured.
+    "sgd_update": 1 << 16,
+    "momentum_update": 1 << 16,
+    "adagrad_update": 1 << 16,
+    "adam_update": 1 << 16,
 }
 
 # Bit-exact float flags: no nnan/ninf (they fold isnan to False) and no reciprocal tricks.
 FASTMATH = {"contract", "reassoc", "nsz"}
 
-_forced = None
+_forced = contextvars.ContextVar("fastbp_forced_path", default=None)
 _forked_child = False
 
 
@@ -45,15 +53,15 @@ os.register_at_fork(after_in_child=_mark_forked_child)
 
 @contextlib.contextmanager
 def force_path(path):
-    """Run every kernel on ``path`` ("serial" or "parallel") inside the ``with`` block."""
-    global _forced
+    """Run every kernel this thread calls on ``path`` ("serial" or "parallel") inside the
+    ``with`` block (per thread: other threads are not affected)."""
     if path not in ("serial", "parallel"):
         raise ValueError(f"path must be 'serial' or 'parallel', got {path!r}")
-    previous, _forced = _forced, path
+    token = _forced.set(path)
     try:
         yield
     finally:
-        _forced = previous
+        _forced.reset(token)
 
 
 def _renamed(fn, suffix):
@@ -71,14 +79,17 @@ class Twin:
     def __init__(self, fn):
         self.name = fn.__name__
         self.__doc__ = fn.__doc__
-        options = {"cache": True, "nogil": True, "fastmath": FASTMATH}
+        # error_model="numpy": x / 0 gives inf/nan like NumPy instead of raising, which also
+        # keeps the serial loops free of exception branches so that they vectorise.
+        options = {"cache": True, "nogil": True, "fastmath": FASTMATH, "error_model": "numpy"}
         self.serial = njit(**options)(_renamed(fn, "serial"))
         self.parallel = njit(parallel=True, **options)(_renamed(fn, "parallel"))
 
     def pick(self, size):
         """The build that a first argument of ``size`` elements runs on."""
-        if _forced is not None and not (_forked_child and _forced == "parallel"):
-            return self.serial if _forced == "serial" else self.parallel
+        forced = _forced.get()
+        if forced is not None and not (_forked_child and forced == "parallel"):
+            return self.serial if forced == "serial" else self.parallel
         if _forked_child or size < CROSSOVER[self.name]:
             return self.serial
         return self.parallel

@@ -10,6 +10,7 @@ import numpy as np
 from numba import njit, prange
 
 from fastbp.kernels.dispatch import FASTMATH, twin
+from fastbp.kernels.fastexp import fast_exp, typed
 
 # The book's guard against log(0) in cross_entropy_error.
 LOG_EPS = 1e-7
@@ -25,19 +26,22 @@ def label_of(t, i):
 
 @twin
 def softmax_ce_forward(x, t, y):
-    """y[N, C] = softmax(x) row by row (max subtracted first); returns the mean loss."""
+    """y[N, C] = softmax(x) row by row (max subtracted first); returns the mean loss.
+
+    Three vectorisable passes per row (max, exp and sum, scale), all in x's dtype.
+    """
     n, c = x.shape
     total = 0.0
     for i in prange(n):
         row_max = x[i, 0]
         for j in range(1, c):
             row_max = max(row_max, x[i, j])
-        row_sum = 0.0
+        row_sum = typed(0, row_max)
         for j in range(c):
-            e = np.exp(x[i, j] - row_max)
+            e = fast_exp(x[i, j] - row_max)
             y[i, j] = e
             row_sum += e
-        scale = 1.0 / row_sum
+        scale = typed(1, row_sum) / row_sum
         for j in range(c):
             y[i, j] *= scale
         total += -np.log(y[i, label_of(t, i)] + LOG_EPS)
@@ -48,6 +52,7 @@ def softmax_ce_forward(x, t, y):
 def softmax_ce_backward(y, t, scale, dx):
     """dx[N, C] = (y - onehot(t)) * scale, with scale = dout / N."""
     n, c = y.shape
+    scale = typed(scale, dx)
     for i in prange(n):
         if t.ndim == 1:
             for j in range(c):
