@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 import traceback
+import types
 
 import numpy as np
 
@@ -180,8 +181,10 @@ class DataParallel:
     ``net`` has ``params`` (dict of arrays), ``gradient(x, t)`` -> dict of arrays,
     ``loss(x, t)`` and ``accuracy(x, t)``. Every rank passes the same global batch; the
     wrapper computes on its shard and combines: ``gradient`` returns the gradient of the
-    whole batch (views into one flat buffer, combined with ONE Allreduce), ``loss`` and
-    ``accuracy`` return the whole batch's values. Anything else is the wrapped net's.
+    whole batch (views into one flat buffer, combined with ONE Allreduce) and sets
+    ``lastLayer.loss`` to the batch's loss (its shard losses ride in the same Allreduce), so
+    ``fastbp.train.gradient_step`` works unchanged; ``loss`` and ``accuracy`` return the
+    whole batch's values (one more Allreduce each). Anything else is the wrapped net's.
     The net's params are broadcast from rank 0 on construction.
     """
 
@@ -196,12 +199,19 @@ class DataParallel:
         install_excepthook(self.comm)
         params = net.params
         broadcast_params(params, self.comm)
+        # One flat buffer: every gradient, then one slot for the batch loss.
         self.grads = FlatBuffer(
-            {k: v.shape for k, v in params.items()}, np.result_type(*params.values())
+            {k: v.shape for k, v in params.items()}, np.result_type(*params.values()), extra=1
         )
+        self.batch_loss = float("nan")  # loss of the last global batch, from ``gradient``
 
     def __getattr__(self, name):
         return getattr(self.net, name)
+
+    @property
+    def lastLayer(self):  # noqa: N802 (the book's name)
+        """Stands in for the net's last layer: ``loss`` is the last global batch's loss."""
+        return types.SimpleNamespace(loss=self.batch_loss)
 
     def local(self, x, t):
         """This rank's shard of a global batch, and the shard's weight n_r / B."""
@@ -210,17 +220,23 @@ class DataParallel:
         return x[part], t[part], n / len(x)
 
     def gradient(self, x, t):
-        """Gradient of the mean loss over the whole global batch (x, t), on every rank."""
+        """Gradient of the mean loss over the whole global batch (x, t), on every rank.
+
+        Also sets ``batch_loss`` to the batch's loss (the net's ``lastLayer.loss`` of each
+        shard, combined in the same Allreduce).
+        """
         injected_failure(self.comm.rank, self.steps)
         self.steps += 1
         x, t, weight = self.local(x, t)
         if weight:
             self.grads.pack(self.net.gradient(x, t), weight)
+            self.grads.extra[0] = float(self.net.lastLayer.loss) * weight
         else:
             self.grads.flat[...] = 0
         start = time.perf_counter()
         allreduce_sum(self.comm, self.grads.flat, self.timeout, "gradient Allreduce")
         self.allreduce_seconds += time.perf_counter() - start
+        self.batch_loss = float(self.grads.extra[0])
         return self.grads.views
 
     def sum_weighted(self, value, weight, what):

@@ -12,6 +12,7 @@ import numpy as np
 
 from fastbp.nets import TwoLayerNet
 from fastbp.optimizers import Momentum
+from fastbp.train import gradient_step
 
 SIZES = (20, 8, 5)  # input, hidden, classes
 BATCH_SIZES = (7, 8, 1, 5, 6)
@@ -25,13 +26,16 @@ def batches():
 
 
 def train(net):
-    """Momentum steps on every global batch; returns the per-step losses."""
+    """Momentum steps on every global batch with ``fastbp.train``'s step.
+
+    Returns the losses the steps report and the losses after each update (``net.loss``).
+    """
     optimizer = Momentum(lr=0.5)
-    losses = []
+    step_losses, losses = [], []
     for x, t in batches():
-        optimizer.update(net.params, net.gradient(x, t))
+        step_losses.append(gradient_step(net, optimizer, x, t))
         losses.append(net.loss(x, t))
-    return losses
+    return {"step_losses": step_losses, "losses": losses}
 
 
 def make_net(seed):
@@ -42,7 +46,7 @@ def make_net(seed):
 def main(out, distributed):
     if not distributed:
         net = make_net(0)
-        np.savez(out, losses=train(net), **net.params)
+        np.savez(out, **train(net), **net.params)
         return
     from fastbp.distributed import DataParallel, abort_on_error, get_mpi
 
@@ -52,7 +56,7 @@ def main(out, distributed):
         net = DataParallel(make_net(comm.rank), comm)
         losses = train(net)
         if comm.rank == 0:
-            np.savez(out, losses=losses, **net.params)
+            np.savez(out, **losses, **net.params)
 
 
 if __name__ == "__main__":
