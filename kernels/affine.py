@@ -6,9 +6,8 @@ parallel loop, so BLAS threads and Numba threads never run at the same time.
 """
 
 import numpy as np
-from numba import prange
-
 from fastbp.kernels.dispatch import twin
+from numba import prange
 
 # Columns per parallel task in the bias-gradient column sum.
 COLUMN_BLOCK = 64
