@@ -12,6 +12,7 @@ same rtol times the largest |expected| entry, which is tiny next to any real err
 import contextlib
 
 import numpy as np
+import pytest
 from hypothesis import settings
 
 # The kernels behind fastbp.layers (issue 3), by their names in fastbp.kernels.
@@ -51,6 +52,12 @@ def assert_same_array(actual, expected, rtol):
     """``assert_close`` plus an equal dtype: the drop-in promise covers result dtypes too."""
     assert np.asarray(actual).dtype == np.asarray(expected).dtype
     assert_close(actual, expected, rtol)
+
+
+def assert_loss_close(loss, expected, rtol):
+    """Relative to the loss, or absolute near 0: each -log(y + 1e-7) term of the mean
+    carries an absolute rounding error of about the dtype's eps (log(1 + d) ~ d)."""
+    assert loss == pytest.approx(expected, rel=rtol, abs=rtol)
 
 
 def normal(rng, shape, dtype, scale=1.0):
