@@ -1,0 +1,142 @@
+"""Scenarios for tests/test_concurrency.py, each run in its own interpreter.
+
+    python concurrency_worker.py results OUT.npz   # parallel-path results, repeated
+    python concurrency_worker.py pool METHOD        # a multiprocessing pool (fork/spawn/...)
+    python concurrency_worker.py threads            # Python threads calling layers at once
+
+A scenario prints "OK ..." and exits 0 when every check passes; any failure raises (exit
+1), and a crash or hang shows up as the signal or timeout the test sees.
+"""
+
+import multiprocessing
+import sys
+import threading
+
+import numba
+import numpy as np
+from fastbp.kernels import CROSSOVER, dispatch, force_path, relu_forward
+
+from fastbp import layers
+
+COLS = 256
+# Enough rows that every kernel's first argument is above its crossover: the default
+# dispatch would choose the parallel build for all of them.
+ROWS = 2 * max(CROSSOVER.values()) // COLS
+DTYPES = (np.float32, np.float64)
+
+
+def compute(seed, dtype):
+    """Forward and backward of every kernel-backed layer on seeded (ROWS, COLS) data."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((ROWS, COLS)).astype(dtype)
+    W = (rng.standard_normal((COLS, COLS)) / 16).astype(dtype)
+    b = rng.standard_normal(COLS).astype(dtype)
+    t = rng.integers(0, COLS, size=ROWS)
+    affine = layers.Affine(W, b)
+    results = {}
+    for name, layer, args in [
+        ("relu", layers.Relu(), (x,)),
+        ("sigmoid", layers.Sigmoid(), (x,)),
+        ("affine", affine, (x,)),
+        ("softmax", layers.SoftmaxWithLoss(), (x, t)),
+    ]:
+        results[f"{name}_out"] = np.asarray(layer.forward(*args))
+        results[f"{name}_dx"] = layer.backward(*([] if name == "softmax" else [x]))
+    results["affine_dW"], results["affine_db"] = affine.dW, affine.db
+    return results
+
+
+def compute_all(seed):
+    return {f"{np.dtype(d).name}/{k}": v for d in DTYPES for k, v in compute(seed, d).items()}
+
+
+def assert_identical(a, b, what):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].dtype == b[key].dtype, key
+        assert np.array_equal(a[key], b[key], equal_nan=True), f"{what}: {key} differs"
+
+
+def assert_close(a, b, what):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].dtype == b[key].dtype, key
+        rtol = 1e-5 if a[key].dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(a[key], b[key], rtol=rtol, atol=rtol, err_msg=what)
+
+
+def warm():
+    """Compile (or load from the cache) both builds before any process or thread starts."""
+    for path in ("serial", "parallel"):
+        with force_path(path):
+            compute_all(0)
+
+
+def results(out):
+    warm()
+    with force_path("parallel"):
+        first = compute_all(1)
+        for _ in range(2):
+            assert_identical(first, compute_all(1), "repeated run")
+    np.savez(out, **first)
+    print(f"OK threads={numba.get_num_threads()} layer={numba.threading_layer()}")
+
+
+def child(task):
+    """Runs in a pool worker: the results of ``compute_all`` on one path, and the path
+    that a large ReLU would actually run on there."""
+    path, seed = task
+    if path == "default":
+        return compute_all(seed), relu_forward.pick(ROWS * COLS) is relu_forward.parallel
+    with force_path(path):
+        return compute_all(seed), relu_forward.pick(ROWS * COLS) is relu_forward.parallel
+
+
+def pool(method):
+    warm()
+    with force_path("parallel"):
+        expected = compute_all(2)  # the parent has run parallel kernels before the pool
+    layer = numba.threading_layer()
+    context = multiprocessing.get_context(method)
+    with context.Pool(2) as workers:
+        answers = workers.map_async(child, [("default", 2), ("parallel", 2)]).get(timeout=60)
+    ran_parallel = []
+    for got, parallel in answers:
+        assert_close(got, expected, f"{method} child")
+        ran_parallel.append(parallel)
+    if method == "fork":  # forked children must be on the serial build, even when forced
+        assert ran_parallel == [False, False], ran_parallel
+    else:
+        assert ran_parallel == [True, True], ran_parallel
+    print(f"OK method={method} layer={layer} child_parallel={ran_parallel}")
+
+
+def threads():
+    warm()
+    tasks = [("parallel", 3), ("parallel", 4), ("serial", 5), ("default", 6)]
+    expected = {task: child(task)[0] for task in tasks}  # one at a time, this thread
+    failures = []
+    start = threading.Barrier(len(tasks))
+
+    def run(task):
+        try:
+            start.wait()
+            for _ in range(3):
+                assert_close(child(task)[0], expected[task], f"thread {task}")
+        except BaseException as error:  # reported by the main thread
+            failures.append((task, repr(error)))
+
+    workers = [threading.Thread(target=run, args=(task,)) for task in tasks]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+        assert not worker.is_alive(), "a thread hung"
+    assert not failures, failures
+    assert dispatch._forced.get() is None  # no thread's force_path leaked into another
+    print(f"OK threads={len(tasks)} layer={numba.threading_layer()}")
+
+
+if __name__ == "__main__":
+    scenario, *args = sys.argv[1:]
+    {"results": results, "pool": pool, "threads": threads}[scenario](*args)
