@@ -35,7 +35,8 @@ import numpy as np
 DEFAULT_TIMEOUT = 300.0
 
 # Test hook: "RANK:STEP:MODE" makes that rank fail at that gradient step; MODE is "raise"
-# (an exception), "exit" (os._exit(3), no clean-up) or "kill" (SIGKILL, as if killed).
+# (an exception), "exit" (os._exit(3), no clean-up), "kill" (SIGKILL, as if killed) or
+# "hang" (sleeps, so the other ranks' waits time out).
 FAIL_ENV = "FASTBP_TEST_FAIL_AT"
 
 
@@ -99,15 +100,6 @@ class FlatBuffer:
             arrays[name][...] = view
 
 
-def broadcast_params(params, comm, root=0):
-    """Overwrite ``params`` (dict of arrays, in place) on every rank with root's values."""
-    buffer = FlatBuffer({k: v.shape for k, v in params.items()}, np.result_type(*params.values()))
-    if comm.rank == root:
-        buffer.pack(params)
-    comm.Bcast(buffer.flat, root=root)
-    buffer.unpack(params)
-
-
 def wait(request, timeout, what):
     """Wait for an MPI request; TimeoutError after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -123,6 +115,15 @@ def allreduce_sum(comm, buffer, timeout, what):
     """Sum ``buffer`` over all ranks, in place, with a timeout."""
     mpi = get_mpi()
     wait(comm.Iallreduce(mpi.IN_PLACE, buffer, mpi.SUM), timeout, what)
+
+
+def broadcast_params(params, comm, timeout=DEFAULT_TIMEOUT, root=0):
+    """Overwrite ``params`` (dict of arrays, in place) on every rank with root's values."""
+    buffer = FlatBuffer({k: v.shape for k, v in params.items()}, np.result_type(*params.values()))
+    if comm.rank == root:
+        buffer.pack(params)
+    wait(comm.Ibcast(buffer.flat, root=root), timeout, "parameter Bcast")
+    buffer.unpack(params)
 
 
 def abort(comm, exc):
@@ -159,7 +160,7 @@ def install_excepthook(comm):
 
 
 def injected_failure(rank, step):
-    """Fail as ``FASTBP_TEST_FAIL_AT`` ("RANK:STEP:raise|exit|kill") asks, for tests."""
+    """Fail as ``FASTBP_TEST_FAIL_AT`` ("RANK:STEP:raise|exit|kill|hang") asks, for tests."""
     spec = os.environ.get(FAIL_ENV)
     if not spec:
         return
@@ -170,6 +171,8 @@ def injected_failure(rank, step):
         raise RuntimeError(f"rank {rank} fails at step {step} ({FAIL_ENV})")
     sys.stderr.write(f"fastbp: rank {rank} dies at step {step} ({FAIL_ENV}={spec})\n")
     sys.stderr.flush()
+    if mode == "hang":
+        time.sleep(3600)
     if mode == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     os._exit(3)
@@ -198,7 +201,7 @@ class DataParallel:
         self.allreduce_seconds = 0.0  # time spent in (and waiting for) gradient Allreduces
         install_excepthook(self.comm)
         params = net.params
-        broadcast_params(params, self.comm)
+        broadcast_params(params, self.comm, self.timeout)
         # One flat buffer: every gradient, then one slot for the batch loss.
         self.grads = FlatBuffer(
             {k: v.shape for k, v in params.items()}, np.result_type(*params.values()), extra=1
