@@ -44,6 +44,18 @@ def with_zeros(x):
     return x
 
 
+@pytest.mark.parametrize(
+    "name", ["MulLayer", "AddLayer", "Relu", "Sigmoid", "Affine", "SoftmaxWithLoss"]
+)
+def test_public_attributes_are_the_books(name):
+    args = (np.ones((2, 3)), np.ones(3)) if name == "Affine" else ()
+    layer, book_layer = getattr(fast, name)(*args), getattr(book, name)(*args)
+    public = {key for key in vars(layer) if not key.startswith("_")}
+    assert public == set(vars(book_layer))
+    for key in public:
+        assert getattr(layer, key) is getattr(book_layer, key)  # None, or W and b themselves
+
+
 # -- Relu, Sigmoid -----------------------------------------------------------------------
 
 
@@ -128,7 +140,7 @@ def affine_data(rng, x_shape, x_dtype, w_dtype, b_dtype, dout_dtype=None, m=5):
 @pytest.mark.parametrize(
     "dtypes",
     [(F64, F64, F64), (F32, F32, F32), (F32, F64, F64), (F64, F32, F32), (F32, F32, F64)]
-    + [(F32, F32, F32, F64)],
+    + [(F32, F32, F32, F64), (F64, F64, F64, F32), (F32, F64, F64, F32)],
     ids=lambda d: "-".join(np.dtype(t).name for t in d),
 )
 @pytest.mark.parametrize("x_shape", AFFINE_X.values(), ids=AFFINE_X.keys())
@@ -141,7 +153,7 @@ def test_affine_matches_book(rng, x_shape, dtypes):
 @pytest.mark.parametrize("x_shape", AFFINE_X.values(), ids=AFFINE_X.keys())
 def test_affine_accepts_any_layout(rng, x_shape, layout):
     x, W, b, dout = affine_data(rng, x_shape, F32, F64, F64)
-    check_affine(in_layout(x, layout), in_layout(W, layout), in_layout(b, "strided"), dout)
+    check_affine(*(in_layout(a, layout if a.ndim > 1 else "strided") for a in (x, W, b, dout)))
 
 
 @pytest.mark.parametrize("w_layout", ["C", "F", "strided"])
