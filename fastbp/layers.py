@@ -7,6 +7,8 @@ through float64 weights give float64 outputs. Differences from the book, all del
 
 - inputs are never modified (the book's ``Relu.backward`` zeroes ``dout`` in place);
 - ``SoftmaxWithLoss.backward(dout)`` scales by ``dout`` (the book ignores it; dout=1 agrees);
+- a single 1-D sample's gradient is that of a batch of one (the book divides a one-hot
+  gradient by C there and cannot index with a scalar label);
 - bad input raises ``TypeError``/``ValueError`` naming the argument instead of broadcasting
   or indexing out of bounds.
 """
