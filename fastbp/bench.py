@@ -46,7 +46,9 @@ class Settings:
     """What to run and how long to sample."""
 
     min_time: float  # seconds per sample, at least
-    repeat: int  # samples per callable; the median is reported
+    repeat: int  # samples per callable (the median is reported), at most ...
+    min_repeat: int  # ... and at least, stopping in between once a case has run
+    max_time: float  # this many seconds
     shapes: tuple
     affine_shapes: tuple
     train_sizes: tuple
@@ -56,6 +58,8 @@ class Settings:
 FULL = Settings(
     min_time=0.01,
     repeat=11,
+    min_repeat=5,
+    max_time=2.0,
     shapes=benchcases.SHAPES[:4],  # asv covers 4096x4096
     affine_shapes=benchcases.AFFINE_SHAPES,
     train_sizes=benchcases.TRAIN_SIZES,
@@ -64,6 +68,8 @@ FULL = Settings(
 QUICK = Settings(
     min_time=0.001,
     repeat=3,
+    min_repeat=3,
+    max_time=0.0,
     shapes=((100, 50),),
     affine_shapes=((100, 784, 50),),
     train_sizes=((50, 100),),
@@ -99,8 +105,11 @@ def medians(fns, settings):
     samples = [[] for _ in fns]
     gc_was_enabled = gc.isenabled()
     gc.disable()
+    start = time.perf_counter()
     try:
-        for _ in range(settings.repeat):
+        for i in range(settings.repeat):
+            if i >= settings.min_repeat and time.perf_counter() - start > settings.max_time:
+                break
             for fn, number, times in zip(fns, numbers, samples, strict=True):
                 times.append(_sample(fn, number) / number)
     finally:
@@ -434,9 +443,12 @@ def main(args):
     settings = QUICK if args.quick else FULL
     info = machine_info()
     print(
-        f"fastbp bench: median of {settings.repeat} samples of >= {fmt_time(settings.min_time)}"
+        f"fastbp bench: median of {settings.min_repeat}..{settings.repeat} samples of "
+        f">= {fmt_time(settings.min_time)} each"
         f"; {info['cpu_count']} CPUs, {info['numba_threads']} Numba threads, "
         f"load average {info['loadavg_start'][0]:.2f}",
+        *(f"; BLAS: {blas}" for blas in info.get("blas", ())),
+        sep="",
         flush=True,
     )
     result = {"machine": info, "settings": dataclasses.asdict(settings)}
