@@ -1,0 +1,270 @@
+"""The fastbp command: fastbp train (the main job) and fastbp bench.
+
+``fastbp train`` trains the book's TwoLayerNet (or a MultiLayerNet with ``--layers``) on
+MNIST: the embedded 8,000/2,000 split by default, the full data set with ``--data DIR``.
+It prints accuracy and throughput per epoch and writes a learning-curve PNG.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+# Optimizers by command-line name: (class name in fastbp.optimizers, default learning rate).
+# The rates train TwoLayerNet on the embedded split to >= 93% test accuracy in 17 epochs.
+OPTIMIZERS = {
+    "sgd": ("SGD", 0.5),
+    "momentum": ("Momentum", 0.05),
+    "adagrad": ("AdaGrad", 0.05),
+    "adam": ("Adam", 0.002),
+}
+
+
+def hidden_sizes(text):
+    """'100,50' -> [100, 50] (argparse type of --layers)."""
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers like 100,50, got {text!r}")
+    return sizes
+
+
+def positive(kind):
+    """argparse type: a number of ``kind`` (int or float) that is > 0."""
+
+    def parse(text):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def configure_train(parser):
+    """Options of ``fastbp train``."""
+    parser.add_argument(
+        "--data",
+        metavar="DIR",
+        help="directory with the four MNIST IDX files "
+        "(train-images-idx3-ubyte[.gz], ...); default: the embedded data",
+    )
+    net = parser.add_mutually_exclusive_group()
+    net.add_argument(
+        "--hidden", type=positive(int), default=50, help="hidden units of TwoLayerNet (default 50)"
+    )
+    net.add_argument(
+        "--layers",
+        type=hidden_sizes,
+        metavar="N,N,...",
+        help="hidden sizes of a MultiLayerNet instead, e.g. 100,50",
+    )
+    parser.add_argument(
+        "--activation",
+        choices=["relu", "sigmoid"],
+        default="relu",
+        help="activation of --layers (default relu, He init; sigmoid: Xavier)",
+    )
+    parser.add_argument(
+        "--weight-decay",
+        type=float,
+        default=0.0,
+        metavar="LAMBDA",
+        help="L2 weight decay of --layers (default 0)",
+    )
+    parser.add_argument("--batch", type=positive(int), default=100, help="batch size (100)")
+    parser.add_argument("--optimizer", choices=list(OPTIMIZERS), default="sgd", help="default sgd")
+    parser.add_argument(
+        "--lr",
+        type=positive(float),
+        help="learning rate (default per "
+        "optimizer: " + ", ".join(f"{k} {v[1]}" for k, v in OPTIMIZERS.items()) + ")",
+    )
+    parser.add_argument("--epochs", type=positive(int), default=17, help="epochs (17)")
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "float64"],
+        default="float64",
+        help="parameter and data dtype (default float64, as the book)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the weight init and batch order (default 0)"
+    )
+    parser.add_argument(
+        "--plot",
+        default="learning_curve.png",
+        metavar="PATH",
+        help="learning-curve PNG to write (default ./learning_curve.png)",
+    )
+    parser.add_argument(
+        "--blas-threads",
+        type=positive(int),
+        default=1,
+        metavar="N",
+        help="BLAS threads while training (default 1: the per-step matrix "
+        "products are small, and extra BLAS threads stall on a busy machine)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel over MPI ranks, run as: mpiexec -n N fastbp train --distributed "
+        "(needs fastbp[mpi]); same result as one process, rank 0 prints and plots",
+    )
+    parser.set_defaults(handler=run_train)
+
+
+def build_net(args, rng):
+    """The network the arguments describe (784 inputs, 10 classes)."""
+    from fastbp.nets import MultiLayerNet, TwoLayerNet
+
+    if args.layers:
+        return MultiLayerNet(
+            784,
+            args.layers,
+            10,
+            args.activation,
+            args.activation,
+            args.weight_decay,
+            dtype=args.dtype,
+            rng=rng,
+        )
+    return TwoLayerNet(784, args.hidden, 10, dtype=args.dtype, rng=rng)
+
+
+def describe(args, lr):
+    if args.layers:
+        net = f"MultiLayerNet(784, {args.layers}, 10, {args.activation!r}"
+        net += f", weight_decay_lambda={args.weight_decay})" if args.weight_decay else ")"
+    else:
+        net = f"TwoLayerNet(784, {args.hidden}, 10)"
+    name = OPTIMIZERS[args.optimizer][0]
+    return (
+        f"{net} {args.dtype}, {name}(lr={lr}), batch {args.batch}, "
+        f"{args.epochs} epochs, seed {args.seed}"
+    )
+
+
+def run_train(args):
+    """Train, print per-epoch accuracy and throughput, write the learning-curve PNG."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from fastbp import optimizers
+    from fastbp.data import load_mnist
+    from fastbp.train import blas_threads, plot_history, train
+
+    comm = None
+    if args.distributed:  # one rank of mpiexec -n N: abort all on error, only rank 0 prints
+        from fastbp.distributed import DataParallel, init_rank
+
+        comm = init_rank()
+    seeds = np.random.SeedSequence(args.seed).spawn(2)
+    init_rng, order_rng = (np.random.default_rng(s) for s in seeds)
+    (x, t), (x_test, t_test) = load_mnist(data_dir=args.data)
+    data = ((x.astype(args.dtype), t), (x_test.astype(args.dtype), t_test))
+    source = args.data or "embedded MNIST t10k split"
+    print(f"data: {source}: {len(x):,} training, {len(x_test):,} test images")
+    lr = args.lr or OPTIMIZERS[args.optimizer][1]
+    title = describe(args, lr)
+    print(f"train: {title}")
+    net = build_net(args, init_rng)
+    if comm is not None:
+        net = DataParallel(net, comm)
+        print(f"data-parallel: {comm.size} MPI ranks share each batch of {args.batch}")
+    optimizer = getattr(optimizers, OPTIMIZERS[args.optimizer][0])(lr=lr)
+
+    bar = tqdm(
+        total=args.epochs * len(x),
+        unit="img",
+        unit_scale=True,
+        disable=args.no_progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
+
+    def on_step(step, loss, samples):
+        bar.update(samples)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    def on_epoch(epoch, history):
+        steps = len(history.loss) // epoch
+        loss = float(np.mean(history.loss[-steps:]))
+        rate = history.epoch_samples[-1] / history.epoch_seconds[-1]
+        bar.write(
+            f"epoch {epoch:{len(str(args.epochs))}d}/{args.epochs}  loss {loss:.4f}  "
+            f"train acc {history.train_acc[-1]:.4f}  test acc {history.test_acc[-1]:.4f}"
+            f"  ({rate:,.0f} samples/s)",
+            file=sys.stdout,
+        )
+
+    start = time.perf_counter()
+    with blas_threads(args.blas_threads), bar:
+        # Load (or compile) the layers' kernels first, so that epoch 1's rate is a fair one;
+        # a gradient leaves the parameters as they are.
+        net.gradient(x[: args.batch].astype(args.dtype), t[: args.batch])
+        bar.write(f"kernels ready in {time.perf_counter() - start:.1f} s", file=sys.stdout)
+        history = train(net, optimizer, data, args.batch, args.epochs, order_rng, on_step, on_epoch)
+    elapsed = time.perf_counter() - start
+    print(
+        f"final test accuracy {history.test_acc[-1]:.4f}, train accuracy "
+        f"{history.train_acc[-1]:.4f}"
+    )
+    print(
+        f"time {elapsed:.1f} s ({history.samples_per_second:,.0f} samples/s in training "
+        "steps, evaluation excluded)"
+    )
+    plot = Path(args.plot).resolve()
+    if comm is None or comm.rank == 0:
+        plot_history(history, plot, title)
+    print(f"learning curve: {plot}")
+    return 0
+
+
+def configure_bench(parser, load):
+    """Set up ``fastbp bench`` from fastbp.bench, imported only when bench is the command."""
+    parser.set_defaults(handler=bench_missing)
+    if not load:
+        return
+    try:
+        from fastbp import bench
+    except ModuleNotFoundError as e:
+        if e.name != "fastbp.bench":
+            raise
+        return
+    bench.configure_parser(parser)
+    parser.set_defaults(handler=bench.main)
+
+
+def bench_missing(args):
+    print("fastbp bench: fastbp.bench is not installed in this version", file=sys.stderr)
+    return 2
+
+
+def parser_for(argv):
+    """The ``fastbp`` parser; fastbp.bench is imported only when argv starts with bench."""
+    parser = argparse.ArgumentParser(prog="fastbp", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    configure_train(
+        commands.add_parser(
+            "train",
+            help="train on MNIST (the main job)",
+            description="Train the book's TwoLayerNet (or a MultiLayerNet) on MNIST.",
+        )
+    )
+    configure_bench(
+        commands.add_parser("bench", help="benchmarks against the NumPy layers"),
+        load=argv[:1] == ["bench"],
+    )
+    return parser
+
+
+def main(argv=None):
+    """Entry point of the ``fastbp`` console script; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser_for(argv).parse_args(argv)
+    return args.handler(args)
