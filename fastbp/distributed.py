@@ -127,13 +127,16 @@ def broadcast_params(params, comm, timeout=DEFAULT_TIMEOUT, root=0):
 
 
 def abort(comm, exc):
-    """Print ``exc`` with the rank, then end every rank of the job (MPI_Abort)."""
-    traceback.print_exception(exc)
-    sys.stderr.write(
+    """Print ``exc`` with the rank, then end every rank of the job (MPI_Abort).
+
+    Writes to the process's real stderr, which ``init_rank`` leaves open on every rank.
+    """
+    traceback.print_exception(exc, file=sys.__stderr__)
+    sys.__stderr__.write(
         f"fastbp: rank {comm.rank} of {comm.size} failed: {type(exc).__name__}: {exc}; "
         "aborting all ranks\n"
     )
-    sys.stderr.flush()
+    sys.__stderr__.flush()
     comm.Abort(1)
 
 
@@ -159,6 +162,20 @@ def install_excepthook(comm):
     sys.excepthook = hook
 
 
+def init_rank(comm=None):
+    """Set this process up as one rank of a job like ``fastbp train --distributed``.
+
+    An uncaught exception on any rank aborts the whole job with a message naming the rank;
+    ranks other than 0 print nothing (``sys.stdout`` and ``sys.stderr`` go to devnull,
+    errors still reach the terminal). Returns the communicator (COMM_WORLD by default).
+    """
+    comm = comm if comm is not None else get_mpi().COMM_WORLD
+    install_excepthook(comm)
+    if comm.rank != 0:
+        sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (for the process)
+    return comm
+
+
 def injected_failure(rank, step):
     """Fail as ``FASTBP_TEST_FAIL_AT`` ("RANK:STEP:raise|exit|kill|hang") asks, for tests."""
     spec = os.environ.get(FAIL_ENV)
@@ -169,8 +186,8 @@ def injected_failure(rank, step):
         return
     if mode == "raise":
         raise RuntimeError(f"rank {rank} fails at step {step} ({FAIL_ENV})")
-    sys.stderr.write(f"fastbp: rank {rank} dies at step {step} ({FAIL_ENV}={spec})\n")
-    sys.stderr.flush()
+    sys.__stderr__.write(f"fastbp: rank {rank} dies at step {step} ({FAIL_ENV}={spec})\n")
+    sys.__stderr__.flush()
     if mode == "hang":
         time.sleep(3600)
     if mode == "kill":

@@ -17,10 +17,19 @@ import numpy as np
 import pytest
 from helpers import assert_close
 
+from fastbp import cli
 from fastbp.distributed import FlatBuffer, find_mpiexec, shard
 
 HERE = Path(__file__).parent
 JOB_TIMEOUT = 60  # seconds; a job that takes longer is hung
+
+
+@pytest.fixture(scope="module")
+def warm_cache(tmp_path_factory):
+    """Compile the worker's kernels in this process first, so ranks only load the cache."""
+    import distributed_worker
+
+    distributed_worker.main(tmp_path_factory.mktemp("warm") / "single.npz", distributed=False)
 
 
 def run_job(ranks, args, env=None):
@@ -75,7 +84,7 @@ def test_flat_buffer_views_share_one_array():
     assert all((a == 1).all() for a in arrays.values())
 
 
-def test_two_ranks_match_one_process_on_the_same_global_batches(tmp_path):
+def test_two_ranks_match_one_process_on_the_same_global_batches(tmp_path, warm_cache):
     import distributed_worker
 
     distributed_worker.main(tmp_path / "single.npz", distributed=False)
@@ -85,6 +94,25 @@ def test_two_ranks_match_one_process_on_the_same_global_batches(tmp_path):
     assert set(single) == set(mpi)
     for name in single:
         assert_close(mpi[name], single[name], 1e-10)
+
+
+def epoch_lines(out):
+    """The per-epoch 'loss ... train acc ... test acc ...' parts of ``fastbp train`` output."""
+    return re.findall(r"epoch .*test acc [0-9.]+", out)
+
+
+def test_train_distributed_prints_what_one_process_prints(tmp_path, capsys):
+    # A batch of 75 splits 37 + 38 over two ranks, and each epoch ends on a batch of 50.
+    options = ["--epochs", "2", "--batch", "75", "--seed", "3", "--no-progress"]
+    assert cli.main(["train", *options, "--plot", str(tmp_path / "one.png")]) == 0
+    single = epoch_lines(capsys.readouterr().out)
+    assert len(single) == 2
+    plot = tmp_path / "mpi.png"
+    code, out = run_job(2, ["-m", "fastbp", "train", "--distributed", *options, "--plot", plot])
+    assert code == 0, out
+    assert epoch_lines(out) == single, out  # rank 0 alone prints, the same numbers
+    assert out.count("final test accuracy") == 1 and "2 MPI ranks" in out
+    assert plot.exists()
 
 
 # Seconds a rank waits for the others; only the hanging rank should ever reach it, but
@@ -99,13 +127,20 @@ FAILURE_MESSAGES = {
 }
 
 
-@pytest.mark.parametrize("mode", sorted(FAILURE_MESSAGES))
-def test_a_failing_rank_ends_the_whole_job(tmp_path, mode):
-    code, out = run_job(
-        2,
-        [HERE / "distributed_worker.py", tmp_path / "mpi.npz", "--distributed"],
-        env={"FASTBP_TEST_FAIL_AT": f"1:2:{mode}", "FASTBP_MPI_TIMEOUT": HANG_TIMEOUT},
-    )
+@pytest.mark.parametrize(
+    "mode, program",
+    [("raise", "train"), ("kill", "train"), ("exit", "worker"), ("hang", "worker")],
+)
+def test_a_failing_rank_ends_the_whole_job(tmp_path, mode, program, warm_cache):
+    """Rank 1 fails at step 2 of ``fastbp train --distributed`` (whose rank 1 is otherwise
+    silent) or of the test worker: the job must end, non-zero, saying what happened."""
+    out_file = tmp_path / ("mpi.png" if program == "train" else "mpi.npz")
+    if program == "train":
+        args = ["-m", "fastbp", "train", "--distributed", "--no-progress", "--plot", out_file]
+    else:
+        args = [HERE / "distributed_worker.py", out_file, "--distributed"]
+    env = {"FASTBP_TEST_FAIL_AT": f"1:2:{mode}", "FASTBP_MPI_TIMEOUT": HANG_TIMEOUT}
+    code, out = run_job(2, args, env=env)
     assert code != 0, out
     assert re.search(FAILURE_MESSAGES[mode], out), out
-    assert not (tmp_path / "mpi.npz").exists()
+    assert not out_file.exists()
