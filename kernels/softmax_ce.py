@@ -23,26 +23,36 @@ def label_of(t, i):
     return np.argmax(t[i])
 
 
+@njit(inline="always", cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
+def softmax_row(x, i, y):
+    """y[i, :] = softmax(x[i, :]) in x's dtype, max subtracted first (y may be x itself).
+
+    Three vectorisable passes (max, exp and sum, scale). Shared with kernels/train_step.py.
+    """
+    c = x.shape[1]
+    row_max = x[i, 0]
+    for j in range(1, c):
+        row_max = max(row_max, x[i, j])
+    row_sum = typed(0, row_max)
+    for j in range(c):
+        e = fast_exp(x[i, j] - row_max)
+        y[i, j] = e
+        row_sum += e
+    scale = typed(1, row_sum) / row_sum
+    for j in range(c):
+        y[i, j] *= scale
+
+
 @twin
 def softmax_ce_forward(x, t, y):
     """y[N, C] = softmax(x) row by row (max subtracted first); returns the mean loss.
 
     Three vectorisable passes per row (max, exp and sum, scale), all in x's dtype.
     """
-    n, c = x.shape
+    n = x.shape[0]
     total = 0.0
     for i in prange(n):
-        row_max = x[i, 0]
-        for j in range(1, c):
-            row_max = max(row_max, x[i, j])
-        row_sum = typed(0, row_max)
-        for j in range(c):
-            e = fast_exp(x[i, j] - row_max)
-            y[i, j] = e
-            row_sum += e
-        scale = typed(1, row_sum) / row_sum
-        for j in range(c):
-            y[i, j] *= scale
+        softmax_row(x, i, y)
         total += -np.log(y[i, label_of(t, i)] + LOG_EPS)
     return total / n
 

@@ -1,0 +1,211 @@
+"""The fused train step (fastbp.fused, kernels/train_step.py) against the book's TwoLayerNet.
+
+Every combination runs on both builds (serial and parallel) and both first layers (dense
+BLAS and sparse), with batches that have all-zero rows and all-zero columns.
+"""
+
+import numpy as np
+import pytest
+from fastbp.kernels import force_path
+from helpers import assert_close, assert_loss_close, normal, rtol_for
+
+from fastbp import reference
+from fastbp.fused import TwoLayerStep
+
+# (N, K, H, C): batch of one, odd sizes, more hidden units than a column block.
+SHAPES = [(1, 9, 5, 3), (13, 37, 11, 4), (6, 20, 70, 10)]
+# (x dtype, weights dtype): the book feeds float32 images to float64 weights.
+DTYPES = [(np.float64, np.float64), (np.float32, np.float32), (np.float32, np.float64)]
+PATHS = ("serial", "parallel")
+
+
+def make_params(rng, k, h, c, dtype):
+    return {
+        "W1": normal(rng, (k, h), dtype, 0.3),
+        "b1": normal(rng, h, dtype, 0.1),
+        "W2": normal(rng, (h, c), dtype, 0.3),
+        "b2": normal(rng, c, dtype, 0.1),
+    }
+
+
+def sparse_batch(rng, n, k, dtype):
+    """About 70% zeros, an all-zero first column and (for n > 2) an all-zero second row."""
+    x = rng.random((n, k)) * (rng.random((n, k)) < 0.3)
+    x[:, 0] = 0
+    if n > 2:
+        x[1] = 0
+    x[0, 1] = 0.5  # at least one nonzero
+    return x.astype(dtype)
+
+
+def labels(rng, n, c, one_hot):
+    t = rng.integers(0, c, n)
+    return np.eye(c, dtype=np.float32)[t] if one_hot else t
+
+
+def book_gradient(params, x, t):
+    """(loss, grads) of the book's TwoLayerNet, computed in float64 from the same values."""
+    net = reference.TwoLayerNet(*params["W1"].shape, params["W2"].shape[1])
+    for name, p in params.items():
+        net.params[name][...] = p
+    grads = net.gradient(x.astype(np.float64), t)
+    return net.lastLayer.loss, grads
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("one_hot", [False, True])
+@pytest.mark.parametrize(("x_dtype", "w_dtype"), DTYPES)
+@pytest.mark.parametrize(("n", "k", "h", "c"), SHAPES)
+def test_gradient_matches_book(rng, n, k, h, c, x_dtype, w_dtype, one_hot, sparse, path):
+    params = make_params(rng, k, h, c, w_dtype)
+    x = sparse_batch(rng, n, k, x_dtype)
+    t = labels(rng, n, c, one_hot)
+    x_before = x.copy()
+    step = TwoLayerStep.from_params(params, sparse=sparse)
+    with force_path(path):
+        grads = step.gradient(x, t)
+    assert step.used_sparse == sparse
+    loss, expected = book_gradient(params, x, t)
+    rtol = rtol_for(w_dtype)
+    assert_loss_close(step.loss, loss, rtol)
+    assert step.loss.dtype == w_dtype
+    for name in ("W1", "b1", "W2", "b2"):
+        assert grads[name].dtype == w_dtype
+        assert_close(grads[name], expected[name], rtol)
+    np.testing.assert_array_equal(x, x_before)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_sgd_step_is_gradient_then_update(rng, dtype, sparse, path):
+    n, k, h, c = SHAPES[1]
+    params = make_params(rng, k, h, c, dtype)
+    manual = {name: p.copy() for name, p in params.items()}
+    x = sparse_batch(rng, n, k, np.float32)
+    t = labels(rng, n, c, False)
+    lr = 0.5
+    with force_path(path):
+        gradient_step = TwoLayerStep.from_params(manual, sparse=sparse)
+        grads = gradient_step.gradient(x, t)
+        for name in manual:
+            manual[name] -= lr * grads[name]
+        loss = TwoLayerStep.from_params(params, sparse=sparse).sgd_step(x, t, lr)
+    assert_loss_close(loss, gradient_step.loss, rtol_for(dtype))
+    for name in params:
+        assert_close(params[name], manual[name], rtol_for(dtype))
+
+
+def test_sgd_step_loss_is_before_the_update(rng):
+    n, k, h, c = SHAPES[1]
+    params = make_params(rng, k, h, c, np.float64)
+    x = sparse_batch(rng, n, k, np.float64)
+    t = labels(rng, n, c, False)
+    expected, _ = book_gradient(params, x, t)
+    loss = TwoLayerStep.from_params(params).sgd_step(x, t, 0.1)
+    assert_loss_close(loss, expected, 1e-12)
+    assert book_gradient(params, x, t)[0] < expected  # the step went downhill
+
+
+def test_auto_picks_the_first_layer_by_density(rng):
+    n, k, h, c = SHAPES[1]
+    params = make_params(rng, k, h, c, np.float64)
+    step = TwoLayerStep.from_params(params)
+    t = labels(rng, n, c, False)
+    step.gradient(sparse_batch(rng, n, k, np.float64), t)
+    assert step.used_sparse
+    step.gradient(rng.random((n, k)), t)
+    assert not step.used_sparse
+
+
+def test_buffers_are_reused(rng):
+    n, k, h, c = SHAPES[1]
+    params = make_params(rng, k, h, c, np.float64)
+    step = TwoLayerStep.from_params(params)
+    x = sparse_batch(rng, n, k, np.float32)
+    t = labels(rng, n, c, False)
+    first = step.gradient(x, t)
+    buffers = [id(b) for b in (step._z1, step._dy, step._dz1, step._nz, step._xw)]
+    ids = {name: id(g) for name, g in first.items()}
+    for batch in (n, n - 4, n):  # same size, smaller, same again
+        grads = step.gradient(x[:batch], t[:batch])
+        assert {name: id(g) for name, g in grads.items()} == ids
+        step.sgd_step(x[:batch], t[:batch], 0.1)
+        assert [id(b) for b in (step._z1, step._dy, step._dz1, step._nz, step._xw)] == buffers
+    step.gradient(np.vstack([x, x]), np.concatenate([t, t]))  # larger: enlarged once
+    assert id(step._z1) not in buffers
+
+
+def test_fresh_gradients_on_request(rng):
+    n, k, h, c = SHAPES[1]
+    step = TwoLayerStep.from_params(make_params(rng, k, h, c, np.float64))
+    x = sparse_batch(rng, n, k, np.float64)
+    t = labels(rng, n, c, False)
+    kept = step.gradient(x, t, reuse=False)
+    copy = {name: g.copy() for name, g in kept.items()}
+    step.gradient(x[::-1], t[::-1])
+    assert all(kept[name] is not step.grads[name] for name in kept)
+    for name in kept:
+        np.testing.assert_array_equal(kept[name], copy[name])
+
+
+def test_image_shaped_batches_are_flattened(rng):
+    params = make_params(rng, 12, 5, 3, np.float64)
+    x = rng.random((4, 1, 3, 4))
+    t = labels(rng, 4, 3, False)
+    grads = TwoLayerStep.from_params(params).gradient(x, t)
+    expected = book_gradient(params, x.reshape(4, -1), t)[1]
+    assert_close(grads["W1"], expected["W1"], 1e-12)
+
+
+@pytest.mark.parametrize(
+    ("t", "error"),
+    [
+        (np.array([0, 1, 3]), ValueError),  # out of range for 3 classes
+        (np.array([0, -1, 2]), ValueError),
+        (np.array([0, 1]), ValueError),  # wrong length
+        (np.array([0.0, 1.0, 2.0]), TypeError),
+        (np.array([[1, 0, 0], [0, 1, 1], [0, 0, 1]]), ValueError),  # not one-hot
+    ],
+)
+def test_bad_labels_raise_before_the_kernel(rng, t, error):
+    params = make_params(rng, 8, 5, 3, np.float64)
+    before = {name: p.copy() for name, p in params.items()}
+    step = TwoLayerStep.from_params(params)
+    with pytest.raises(error, match="t"):
+        step.sgd_step(rng.random((3, 8)), t, 0.1)
+    for name in params:
+        np.testing.assert_array_equal(params[name], before[name])
+    assert step.loss is None
+
+
+@pytest.mark.parametrize(
+    ("x", "error", "match"),
+    [
+        (np.ones((3, 7)), ValueError, "features"),
+        (np.ones((3, 8), np.int64), TypeError, "x"),
+        (np.ones((0, 8)), ValueError, "empty"),
+        (np.ones(8), ValueError, "x"),
+    ],
+)
+def test_bad_batches_raise(rng, x, error, match):
+    step = TwoLayerStep.from_params(make_params(rng, 8, 5, 3, np.float64))
+    with pytest.raises(error, match=match):
+        step.gradient(x, np.zeros(len(x), np.int64))
+
+
+def test_bad_params_raise(rng):
+    p = make_params(rng, 8, 5, 3, np.float64)
+    with pytest.raises(ValueError, match="b1"):
+        TwoLayerStep(p["W1"], p["b2"], p["W2"], p["b2"])
+    with pytest.raises(TypeError, match="W2"):
+        TwoLayerStep(p["W1"], p["b1"], p["W2"].astype(np.float32), p["b2"])
+    with pytest.raises(ValueError, match="W1"):
+        TwoLayerStep(np.asfortranarray(p["W1"]), p["b1"], p["W2"], p["b2"])
+    with pytest.raises(TypeError, match="W1"):
+        TwoLayerStep(p["W1"].tolist(), p["b1"], p["W2"], p["b2"])
+    with pytest.raises(ValueError, match="sparse"):
+        TwoLayerStep.from_params(p, sparse="yes")
+    with pytest.raises(TypeError, match="lr"):
+        TwoLayerStep.from_params(p).sgd_step(np.ones((1, 8)), [0], "0.1")
