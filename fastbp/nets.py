@@ -16,6 +16,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from fastbp import checks
 from fastbp.gradcheck import numerical_gradient
 from fastbp.layers import Affine, Relu, Sigmoid, SoftmaxWithLoss
 
@@ -87,11 +88,14 @@ class LayerNet:
         return loss
 
     def accuracy(self, x, t):
-        """Fraction of the batch whose highest score is the label (t one-hot or indices)."""
-        y = np.argmax(self.predict(x), axis=1)
+        """Fraction of the batch whose highest score is the label (t one-hot or indices,
+        validated like ``loss`` validates them)."""
+        scores = self.predict(x)
+        t = checks.labels(t, *scores.shape, scores.dtype)
+        y = np.argmax(scores, axis=1)
         if t.ndim != 1:
             t = np.argmax(t, axis=1)
-        return np.sum(y == t) / float(x.shape[0])
+        return np.sum(y == t) / float(scores.shape[0])
 
     def numerical_gradient(self, x, t):
         """{param name: gradient} by central differences (slow; for checking ``gradient``)."""

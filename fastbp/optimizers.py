@@ -7,9 +7,12 @@ allocated once, on the first update; later steps allocate nothing. The arithmeti
 book's, term by term in the dtypes NumPy would use (float32 params and grads are updated
 in float32), so results agree with the NumPy code to rounding.
 
-Each parameter must be a writable, C-contiguous float32/float64 ndarray and each gradient
-a float32/float64 array of the same shape; anything else raises before any update.
+Each parameter must be a writable, C-contiguous, native-byte-order float32/float64 ndarray,
+each gradient a float32/float64 array of the same shape and each hyperparameter a real
+number; anything else raises before any update.
 """
+
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -22,14 +25,18 @@ EPS = 1e-7
 
 def _validated(params, grads):
     """[(key, param, grad)] with each grad C-contiguous, validated before any update."""
+    for name, arrays in (("params", params), ("grads", grads)):
+        if not isinstance(arrays, Mapping):
+            raise TypeError(f"{name} must be a dict of arrays, got {type(arrays).__name__}")
     pairs = []
     for key, p in params.items():
         if not isinstance(p, np.ndarray):
             raise TypeError(f"params[{key!r}] must be a NumPy array, got {type(p).__name__}")
         checks.float_array(f"params[{key!r}]", p)
-        if not (p.flags.c_contiguous and p.flags.writeable):
+        if not (p.flags.c_contiguous and p.flags.writeable and p.dtype.isnative):
             raise ValueError(
-                f"params[{key!r}] must be a writable C-contiguous array to be updated in place"
+                f"params[{key!r}] must be a writable C-contiguous array in native byte order "
+                "to be updated in place"
             )
         if key not in grads:
             raise ValueError(f"grads has no entry for params[{key!r}]")
@@ -43,6 +50,7 @@ class Optimizer:
     """Common ``update``: validate, allocate state on the first call, update each param."""
 
     state_names = ()  # the per-parameter state dicts, e.g. ("v",) for Momentum
+    hyperparameters = ("lr",)  # attributes checked to be real numbers on every update
 
     def __init__(self):
         for name in self.state_names:
@@ -75,6 +83,8 @@ class Optimizer:
     def update(self, params, grads):
         """Update every ``params[key]`` in place from ``grads[key]``."""
         pairs = _validated(params, grads)
+        for name in self.hyperparameters:
+            checks.scalar(name, getattr(self, name))
         states = self._states(pairs)
         self._begin_step()
         for (_, p, g), state in zip(pairs, states, strict=True):
@@ -103,6 +113,7 @@ class Momentum(Optimizer):
     """v = momentum * v - lr * grad; param += v."""
 
     state_names = ("v",)
+    hyperparameters = ("lr", "momentum")
 
     def __init__(self, lr=0.01, momentum=0.9):
         super().__init__()
@@ -134,6 +145,7 @@ class Adam(Optimizer):
     """Adam as in the book: m, v moving averages, step lr_t bias-corrected per iteration."""
 
     state_names = ("m", "v")
+    hyperparameters = ("lr", "beta1", "beta2")
 
     def __init__(self, lr=0.001, beta1=0.9, beta2=0.999):
         super().__init__()
