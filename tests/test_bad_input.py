@@ -1,23 +1,27 @@
 """Bad-input matrix: one table of cases drives every test in this module.
 
 Each case takes the valid arguments of one public entry point (a layer's forward then
-backward), corrupts them, runs it, and expects either
+backward, a network's loss/gradient/accuracy, an optimizer's update), corrupts one of them,
+runs it, and expects either
 
 - ``Raises(type, arg)``: that exception type, with a message naming the argument, or
 - ``SAME``: the documented result, i.e. exactly what the book's NumPy code computes on the
   same values (NaN and inf propagate by IEEE rules; lists, read-only, strided,
   Fortran-ordered and byte-swapped arrays are accepted).
 
-Whatever the outcome, no argument may be modified (checked against a deep copy).
+Whatever the outcome, no argument may be modified (checked against a deep copy), except
+the parameters an optimizer's ``update`` documents to update in place, and those only when
+the update succeeds: an error is raised before any update.
 """
 
 import copy
+import re
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
-from fastbp import layers
+from fastbp import layers, nets, optimizers
 from fastbp import reference as ref
 
 N, K, M, C = 5, 4, 3, 3  # batch, features, Affine outputs, classes
@@ -40,6 +44,7 @@ class Entry:
     args: dict  # argument name -> a valid value
     run: object  # fastbp: args -> {output name: value}
     expect: object  # the book's NumPy (fastbp.reference): args -> {output name: value}
+    updates: tuple = ()  # arguments documented to be updated in place on success
 
 
 def _run_relu(a):
@@ -96,6 +101,60 @@ def _run_binary(cls):
     return run
 
 
+HIDDEN = 6
+
+
+def _run_net(method):
+    def run(a):
+        net = nets.TwoLayerNet(K, HIDDEN, C, weight_init_std=0.5, rng=0)
+        if method == "accuracy":
+            return {"accuracy": net.accuracy(a["x"], a["t"])}
+        return {"loss": net.loss(a["x"], a["t"]), **net.gradient(a["x"], a["t"])}
+
+    return run
+
+
+def _expect_net(method):
+    def expect(a):
+        net = ref.TwoLayerNet(K, HIDDEN, C)
+        for key, value in nets.TwoLayerNet(K, HIDDEN, C, weight_init_std=0.5, rng=0).params.items():
+            net.params[key][...] = value  # in place: the book's layers hold these arrays
+        if method == "accuracy":
+            return {"accuracy": net.accuracy(a["x"], a["t"])}
+        return {"loss": net.loss(a["x"], a["t"]), **net.gradient(a["x"], a["t"])}
+
+    return expect
+
+
+PARAM_KEYS = ("W", "b")
+
+
+def _run_optimizer(cls):
+    """Two update steps (the second uses the optimizer's state) of params W and b."""
+
+    def run(a):
+        params = {key: a[f"params['{key}']"] for key in PARAM_KEYS}
+        grads = {key: a[f"grads['{key}']"] for key in PARAM_KEYS}
+        optimizer = cls(lr=a["lr"])
+        for _ in range(2):
+            optimizer.update(params, grads)
+        return params
+
+    return run
+
+
+def _optimizer_entry(cls, book_cls):
+    args = {
+        "params['W']": _normal(17, (K, M)),
+        "params['b']": _normal(18, M),
+        "grads['W']": _normal(19, (K, M)),
+        "grads['b']": _normal(20, M),
+        "lr": 0.1,
+    }
+    updates = ("params['W']", "params['b']")
+    return Entry(args, _run_optimizer(cls), _run_optimizer(book_cls), updates)
+
+
 ENTRIES = {
     "Relu": Entry({"x": _normal(1, (N, K)), "dout": _normal(2, (N, K))}, _run_relu, _expect_relu),
     "Sigmoid": Entry(
@@ -129,6 +188,21 @@ ENTRIES = {
         _run_binary(layers.AddLayer),
         _run_binary(ref.AddLayer),
     ),
+    "TwoLayerNet": Entry(
+        {"x": _normal(21, (N, K)), "t": LABELS}, _run_net("gradient"), _expect_net("gradient")
+    ),
+    "TwoLayerNet-onehot": Entry(
+        {"x": _normal(22, (N, K)), "t": np.eye(C)[LABELS]},
+        _run_net("gradient"),
+        _expect_net("gradient"),
+    ),
+    "TwoLayerNet.accuracy": Entry(
+        {"x": _normal(23, (N, K)), "t": LABELS}, _run_net("accuracy"), _expect_net("accuracy")
+    ),
+    **{
+        cls.__name__: _optimizer_entry(cls, getattr(ref, cls.__name__))
+        for cls in (optimizers.SGD, optimizers.Momentum, optimizers.AdaGrad, optimizers.Adam)
+    },
 }
 
 
@@ -195,35 +269,61 @@ SAME = "same"  # the documented result: equal to the book's NumPy result
 # The generic corruptions, applied to every array argument, and how each kind of argument
 # answers them. Kinds: "float" (validated float data), "index" (class-index labels t),
 # "onehot" (one-hot labels t), "book" (MulLayer/AddLayer operands: the book's plain NumPy
-# arithmetic, so NumPy's semantics). A missing kind means the corruption does not apply.
+# arithmetic, so NumPy's semantics), "param" (an optimizer's parameter, updated in place,
+# so it must be a writable C-contiguous native float array). A missing kind means the
+# corruption does not apply.
 GENERIC = {
     "float16": (
         cast(np.float16),
-        {"float": TypeError, "index": TypeError, "onehot": SAME, "book": SAME},
+        {"float": TypeError, "index": TypeError, "onehot": SAME, "book": SAME, "param": TypeError},
     ),
     "float128": (
         cast(np.longdouble),
-        {"float": TypeError, "index": TypeError, "onehot": TypeError},
+        {"float": TypeError, "index": TypeError, "onehot": TypeError, "param": TypeError},
     ),
-    "int64": (cast(np.int64), {"float": TypeError, "onehot": SAME, "book": SAME}),
+    "int64": (
+        cast(np.int64),
+        {"float": TypeError, "onehot": SAME, "book": SAME, "param": TypeError},
+    ),
     "int8": (cast(np.int8), {"index": SAME, "onehot": SAME}),
     "uint64": (cast(np.uint64), {"index": SAME}),
-    "bool": (cast(bool), {"float": TypeError, "index": TypeError, "onehot": SAME}),
-    "object": (cast(object), {"float": TypeError, "index": TypeError, "onehot": TypeError}),
+    "bool": (
+        cast(bool),
+        {"float": TypeError, "index": TypeError, "onehot": SAME, "param": TypeError},
+    ),
+    "object": (
+        cast(object),
+        {"float": TypeError, "index": TypeError, "onehot": TypeError, "param": TypeError},
+    ),
     "complex": (
         cast(np.complex128),
-        {"float": TypeError, "index": TypeError, "onehot": TypeError},
+        {"float": TypeError, "index": TypeError, "onehot": TypeError, "param": TypeError},
     ),
-    "str": (cast(str), {"float": TypeError, "index": TypeError, "onehot": TypeError}),
-    "nan": (put(np.nan), {"float": SAME, "onehot": ValueError, "book": SAME}),
-    "inf": (put(np.inf), {"float": SAME, "onehot": ValueError, "book": SAME}),
-    "-inf": (put(-np.inf), {"float": SAME, "onehot": ValueError, "book": SAME}),
-    "readonly": (readonly, {"float": SAME, "index": SAME, "onehot": SAME, "book": SAME}),
-    "fortran": (fortran, {"float": SAME, "onehot": SAME, "book": SAME}),
-    "strided": (strided, {"float": SAME, "index": SAME, "onehot": SAME, "book": SAME}),
-    "reversed": (reversed_view, {"float": SAME, "index": SAME, "onehot": SAME, "book": SAME}),
-    "byteswapped": (byteswapped, {"float": SAME, "index": SAME, "onehot": SAME, "book": SAME}),
-    "list": (listed, {"float": SAME, "index": SAME, "onehot": SAME}),
+    "str": (
+        cast(str),
+        {"float": TypeError, "index": TypeError, "onehot": TypeError, "param": TypeError},
+    ),
+    "nan": (put(np.nan), {"float": SAME, "onehot": ValueError, "book": SAME, "param": SAME}),
+    "inf": (put(np.inf), {"float": SAME, "onehot": ValueError, "book": SAME, "param": SAME}),
+    "-inf": (put(-np.inf), {"float": SAME, "onehot": ValueError, "book": SAME, "param": SAME}),
+    "readonly": (
+        readonly,
+        {"float": SAME, "index": SAME, "onehot": SAME, "book": SAME, "param": ValueError},
+    ),
+    "fortran": (fortran, {"float": SAME, "onehot": SAME, "book": SAME, "param": ValueError}),
+    "strided": (
+        strided,
+        {"float": SAME, "index": SAME, "onehot": SAME, "book": SAME, "param": ValueError},
+    ),
+    "reversed": (
+        reversed_view,
+        {"float": SAME, "index": SAME, "onehot": SAME, "book": SAME, "param": ValueError},
+    ),
+    "byteswapped": (
+        byteswapped,
+        {"float": SAME, "index": SAME, "onehot": SAME, "book": SAME, "param": ValueError},
+    ),
+    "list": (listed, {"float": SAME, "index": SAME, "onehot": SAME, "param": TypeError}),
 }
 
 KINDS = {  # entry -> {argument: kind}; scalars (SoftmaxWithLoss dout) get specific cases
@@ -234,6 +334,13 @@ KINDS = {  # entry -> {argument: kind}; scalars (SoftmaxWithLoss dout) get speci
     ONEHOT: {"x": "float", "t": "onehot"},
     "MulLayer": {"x": "book", "y": "book", "dout": "book"},
     "AddLayer": {"x": "book", "y": "book", "dout": "book"},
+    "TwoLayerNet": {"x": "float", "t": "index"},
+    "TwoLayerNet-onehot": {"x": "float", "t": "onehot"},
+    "TwoLayerNet.accuracy": {"x": "float", "t": "index"},
+    **{
+        name: {"params['W']": "param", "params['b']": "param", "grads['W']": "float"}
+        for name in ("SGD", "Momentum", "AdaGrad", "Adam")
+    },
 }
 
 
@@ -303,6 +410,37 @@ SPECIFIC = [
     _bad(ONEHOT, "t", "zero_row", lambda a: a * (np.arange(N) > 0)[:, None]),
     _bad(ONEHOT, "t", "minus_one", lambda a: -a),
     _bad(ONEHOT, "t", "soft_labels", lambda a: 0.8 * a + 0.2 / C),
+    *[
+        row
+        for entry in ("TwoLayerNet", "TwoLayerNet.accuracy")
+        for row in [
+            _bad(entry, "x", "rank1", lambda a: a[0]),
+            _bad(entry, "x", "empty_batch", lambda a: a[:0]),
+            _bad(entry, "x", "wrong_features", lambda a: a[:, :-1]),
+            _bad(entry, "t", "short", lambda a: a[:-1]),
+            _bad(entry, "t", "one_label", lambda a: a[:1]),
+            _bad(entry, "t", "out_of_range", put(C)),
+            _bad(entry, "t", "negative", put(-1)),
+            _bad(entry, "t", "float_valued", cast(np.float64), TypeError),
+        ]
+    ],
+    _bad("TwoLayerNet-onehot", "t", "too_wide", lambda a: np.eye(C + 1)[LABELS]),
+    _bad("TwoLayerNet-onehot", "t", "half", lambda a: a / 2),
+    *[
+        row
+        for entry in ("SGD", "Momentum", "AdaGrad", "Adam")
+        for row in [
+            _bad(entry, "grads['W']", "transposed_shape", lambda a: a.T),
+            _bad(entry, "grads['b']", "extra_axis", lambda a: a[None]),
+            _bad(entry, "params['b']", "scalar", replace(0.5), TypeError),
+            _bad(entry, "lr", "none", replace(None), TypeError),
+            _bad(entry, "lr", "str", replace("0.1"), TypeError),
+            _bad(entry, "lr", "array", replace(np.full(M, 0.1))),
+            _bad(entry, "lr", "complex", replace(0.1j), TypeError),
+            (entry, "lr", "int", replace(1), SAME),
+            (entry, "lr", "nan", replace(np.nan), SAME),
+        ]
+    ],
 ]
 
 
@@ -368,14 +506,17 @@ def test_bad_input(case):
     entry = ENTRIES[case.entry]
     if case.outcome is SAME:
         got = entry.run(args)
-        want = entry.expect(_as_arrays(copy.deepcopy(args)))
+        want = entry.expect(_as_arrays(copy.deepcopy(before)))
         for name, value in want.items():
             assert np.asarray(got[name]).dtype == _native(np.asarray(value).dtype), name
             np.testing.assert_allclose(got[name], value, rtol=RTOL, atol=1e-15, err_msg=name)
     else:
-        with pytest.raises(case.outcome.type, match=rf"(?<!\w){case.outcome.arg}(?!\w)"):
+        arg = re.escape(case.outcome.arg)
+        with pytest.raises(case.outcome.type, match=rf"(?<!\w){arg}(?!\w)"):
             entry.run(args)
     for name, value in before.items():
+        if case.outcome is SAME and name in entry.updates:
+            continue
         assert type(args[name]) is type(value), f"{name} changed type"
         if isinstance(value, np.ndarray):
             assert args[name].dtype == value.dtype, f"{name} changed dtype"
