@@ -60,8 +60,8 @@ class AddLayer:
 
 
 def _flat(a):
-    """1-D view of a C-contiguous array."""
-    return a.reshape(-1)
+    """1-D view of a C-contiguous array (``ravel`` never copies one, and is the cheaper call)."""
+    return a.ravel()
 
 
 class Relu:
