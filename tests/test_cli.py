@@ -4,9 +4,13 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from fastbp import cli
+from fastbp.nets import TwoLayerNet
+from fastbp.optimizers import SGD
+from fastbp.train import History, plot_history, train
 from tests.test_data import fake_mnist
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -22,7 +26,11 @@ def run_main(capsys, *argv):
 def numbers_only(out):
     """The output without what depends on the clock or on paths (throughput, time)."""
     out = re.sub(r"\(\S+ samples/s\)", "", out)
-    return [line for line in out.splitlines() if not line.startswith(("time ", "learning curve"))]
+    return [
+        line
+        for line in out.splitlines()
+        if not line.startswith(("time ", "kernels ready", "learning curve"))
+    ]
 
 
 def test_train_as_a_subprocess(tmp_path):
@@ -162,3 +170,71 @@ def test_training_improves_the_loss(capsys, tmp_path):
     losses = [float(x) for x in re.findall(r"epoch \d/3  loss (\S+)", out)]
     assert losses == sorted(losses, reverse=True) and losses[-1] < 0.5 * losses[0]
     assert float(re.search(r"final test accuracy ([\d.]+)", out)[1]) > 0.85
+
+
+# -- the training loop behind it (fastbp.train) -----------------------------------------
+
+
+def tiny_data(n=10, n_test=4):
+    rng = np.random.default_rng(0)
+    x = rng.random((n + n_test, 6))
+    t = np.argmax(x[:, :3], axis=1)  # learnable labels
+    return (x[:n], t[:n]), (x[n:], t[n:])
+
+
+def test_train_calls_step_and_callbacks_and_covers_every_sample():
+    data = tiny_data()
+    net = TwoLayerNet(6, 4, 3, rng=0)
+    seen, steps, epochs = [], [], []
+
+    def step(net_, optimizer, x, t):
+        assert net_ is net and optimizer == "opt"
+        seen.append(x.copy())
+        return float(len(x))
+
+    history = train(
+        net,
+        "opt",
+        data,
+        4,
+        2,
+        np.random.default_rng(1),
+        on_step=lambda *args: steps.append(args),
+        on_epoch=lambda epoch, h: epochs.append((epoch, len(h.loss))),
+        step=step,
+    )
+    assert [len(x) for x in seen] == [4, 4, 2, 4, 4, 2]  # last batch holds the remainder
+    epoch1 = np.sort(np.concatenate(seen[:3]), axis=0)
+    np.testing.assert_array_equal(epoch1, np.sort(data[0][0], axis=0))
+    assert not np.array_equal(np.concatenate(seen[:3]), np.concatenate(seen[3:]))  # reshuffled
+    assert steps == [(1, 4.0, 4), (2, 4.0, 4), (3, 2.0, 2), (4, 4.0, 4), (5, 4.0, 4), (6, 2.0, 2)]
+    assert epochs == [(1, 3), (2, 6)]
+    assert history.loss == [4.0, 4.0, 2.0] * 2 and history.epoch_samples == [10, 10]
+    assert len(history.train_acc) == len(history.test_acc) == 2
+    assert history.samples_per_second > 0
+
+
+def test_train_with_the_default_step_lowers_the_loss_and_updates_params_in_place():
+    data = tiny_data(n=60)
+    net = TwoLayerNet(6, 8, 3, weight_init_std=0.5, rng=0)
+    W1 = net.params["W1"]
+    before = W1.copy()
+    history = train(net, SGD(lr=0.5), data, 10, 20, np.random.default_rng(0))
+    assert net.params["W1"] is W1 and not np.array_equal(W1, before)
+    assert np.mean(history.loss[-6:]) < 0.8 * np.mean(history.loss[:6])
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "epochs", "match"),
+    [(0, 1, "batch_size"), (2.5, 1, "batch_size"), (True, 1, "batch_size"), (4, -1, "epochs")],
+)
+def test_train_rejects_bad_sizes(batch_size, epochs, match):
+    net = TwoLayerNet(6, 4, 3, rng=0)
+    with pytest.raises(ValueError, match=match):
+        train(net, SGD(), tiny_data(), batch_size, epochs, np.random.default_rng(0))
+
+
+def test_plot_history_writes_a_png(tmp_path):
+    history = History(loss=[2.0, 1.0, 0.5, 0.4], train_acc=[0.5, 0.7], test_acc=[0.4, 0.6])
+    plot_history(history, tmp_path / "h.png", title="t")
+    assert (tmp_path / "h.png").read_bytes().startswith(PNG_MAGIC)
