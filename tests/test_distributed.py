@@ -84,11 +84,18 @@ def test_flat_buffer_views_share_one_array():
     assert all((a == 1).all() for a in arrays.values())
 
 
-def test_two_ranks_match_one_process_on_the_same_global_batches(tmp_path, warm_cache):
+# MPICH settings that make two ranks on one machine talk over TCP (libfabric's tcp
+# provider), as ranks on two machines would, instead of shared memory.
+OVER_TCP = {"MPIR_CVAR_NOLOCAL": "1", "MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp"}
+
+
+@pytest.mark.parametrize("transport", ["shared-memory", "tcp"])
+def test_two_ranks_match_one_process_on_the_same_global_batches(tmp_path, warm_cache, transport):
     import distributed_worker
 
     distributed_worker.main(tmp_path / "single.npz", distributed=False)
-    code, out = run_job(2, [HERE / "distributed_worker.py", tmp_path / "mpi.npz", "--distributed"])
+    args = [HERE / "distributed_worker.py", tmp_path / "mpi.npz", "--distributed"]
+    code, out = run_job(2, args, env=OVER_TCP if transport == "tcp" else None)
     assert code == 0, out
     single, mpi = np.load(tmp_path / "single.npz"), np.load(tmp_path / "mpi.npz")
     assert set(single) == set(mpi)
