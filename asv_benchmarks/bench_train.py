@@ -12,7 +12,7 @@ from fastbp import benchcases
 
 
 class TrainStep:
-    params = [list(benchcases.TRAIN_SIZES), list(benchcases.DTYPES), list(benchcases.IMPLS)]
+    params = [list(benchcases.TRAIN_SIZES), list(benchcases.DTYPES), list(benchcases.TRAIN_IMPLS)]
     param_names = ["(hidden, batch)", "dtype", "impl"]
 
     def setup(self, sizes, dtype, impl):
@@ -29,7 +29,7 @@ class TrainStep:
 class ImportAndFirstStep:
     """A fresh interpreter: import, build the net, one train step (Numba cache warm)."""
 
-    params = [list(benchcases.IMPLS)]
+    params = [list(benchcases.TRAIN_IMPLS)]
     param_names = ["impl"]
     number = 1
     repeat = (3, 10, 20.0)

@@ -39,6 +39,8 @@ from fastbp.kernels import CROSSOVER
 
 IMPLS = benchcases.IMPLS
 OTHER_FRAMEWORKS = {"torch": benchcases.torch_step, "jax": benchcases.jax_step}
+# Train-step columns besides fastbp and reference: the fused step, then other frameworks.
+STEP_COLUMNS = {"fused": benchcases.fused_step}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,11 +155,14 @@ def _pair_cases(section, families, builder, settings):
                     yield Case(section, f"{name} {benchcases.shape_name(shape)}", dtype, build)
 
 
-def _with_others(columns, params, x, t, frameworks):
-    """Add a train-step column per importable framework, from the same params and batch."""
-    for name, make_step in frameworks.items():
+def _with_others(columns, params, x, t, builders):
+    """Add a train-step column per {name: step builder}, each on its own copy of params.
+
+    A builder whose framework fails to import is left out.
+    """
+    for name, make_step in builders.items():
         with contextlib.suppress(ImportError):
-            columns[name] = make_step(params, x, t)
+            columns[name] = make_step({k: v.copy() for k, v in params.items()}, x, t)
     return columns
 
 
@@ -168,8 +173,8 @@ def _train_case(name, dtype, hidden, batch, batch_of, frameworks):
         x, t = batch_of()
         nets = {impl: benchcases.two_layer_net(impl, hidden, dtype) for impl in IMPLS}
         columns = {impl: benchcases.sgd_step(net, x, t) for impl, net in nets.items()}
-        params = {key: value.copy() for key, value in nets["reference"].params.items()}
-        return _with_others(columns, params, x, t, frameworks)
+        extra = {**STEP_COLUMNS, **frameworks}
+        return _with_others(columns, nets["reference"].params, x, t, extra)
 
     def yardstick():
         return benchcases.bare_gemms(hidden, batch, dtype)
@@ -215,6 +220,8 @@ def run_case(case, settings):
     row = {"section": case.section, "case": case.name, "dtype": case.dtype}
     row.update(zip(names, medians(list(columns.values()), settings), strict=True))
     row["speedup"] = row["reference"] / row["fastbp"]
+    for name in (name for name in names if name not in IMPLS):
+        row[f"{name}_speedup"] = row["reference"] / row[name]
     if case.yardstick is not None:
         gemms = case.yardstick()
         times = medians([fn for _, fn in gemms], settings)
@@ -344,8 +351,10 @@ def section_table(section, rows, frameworks):
     headers = [section, "dtype", "fastbp", "reference", "speed-up"]
     keys = [("fastbp", fmt_time), ("reference", fmt_time), ("speedup", _ratio)]
     if section == "train":
-        headers += ["bare GEMM", "fastbp/GEMM", "ref/GEMM", *frameworks]
-        keys += [("gemm", fmt_time), ("fastbp_per_gemm", _ratio), ("reference_per_gemm", _ratio)]
+        headers += ["fused", "speed-up", "bare GEMM", "fastbp/GEMM", "fused/GEMM", "ref/GEMM"]
+        keys += [("fused", fmt_time), ("fused_speedup", _ratio), ("gemm", fmt_time)]
+        keys += [(f"{name}_per_gemm", _ratio) for name in ("fastbp", "fused", "reference")]
+        headers += list(frameworks)
         keys += [(name, fmt_time) for name in frameworks]
     body = [
         [row["case"], row["dtype"], *(_cell(row, key, fmt) for key, fmt in keys)]

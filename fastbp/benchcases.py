@@ -13,9 +13,10 @@ the drop-in classes against the book's classes, so they are the like-for-like co
 import numba
 import numpy as np
 
-from fastbp import data, kernels, layers, nets, reference
+from fastbp import data, fused, kernels, layers, nets, reference
 
 IMPLS = ("fastbp", "reference")
+TRAIN_IMPLS = ("fastbp", "fused", "reference")  # fused: fastbp.fused, one call per step
 DTYPES = ("float32", "float64")
 
 # Shapes (N, M) of the inputs of the elementwise kernels and of softmax logits (N, C).
@@ -227,10 +228,25 @@ def sgd_step(net, x, t, lr=LEARNING_RATE):
     return step
 
 
+def fused_step(params, x, t, lr=LEARNING_RATE):
+    """The same step as one compiled call, ``fastbp.fused.TwoLayerStep.sgd_step``.
+
+    Updates ``params`` (W1, b1, W2, b2 of one dtype) in place.
+    """
+    step = fused.TwoLayerStep.from_params(params)
+    return lambda: step.sgd_step(x, t, lr)
+
+
 def train_step(impl, hidden, batch, dtype, seed=0):
-    """One SGD step of a fresh TwoLayerNet(784, hidden, 10) on a seeded batch."""
-    net = two_layer_net(impl, hidden, dtype, seed)
-    return sgd_step(net, *train_batch(batch, dtype, seed))
+    """One SGD step of a fresh TwoLayerNet(784, hidden, 10) on a seeded batch.
+
+    ``impl`` is one of TRAIN_IMPLS; "fused" runs the fastbp net's params through
+    ``fused_step`` instead of the book's gradient-then-update loop.
+    """
+    x, t = train_batch(batch, dtype, seed)
+    if impl == "fused":
+        return fused_step(two_layer_net("fastbp", hidden, dtype, seed).params, x, t)
+    return sgd_step(two_layer_net(impl, hidden, dtype, seed), x, t)
 
 
 def bare_gemms(hidden, batch, dtype, seed=0):

@@ -33,9 +33,11 @@ def test_quick_json_rows_have_medians_and_ratios(tmp_path, capsys):
         assert row["gemm"] == pytest.approx(sum(row["gemm_parts"].values()))
         assert row["fastbp_per_gemm"] == pytest.approx(row["fastbp"] / row["gemm"])
         assert row["reference_per_gemm"] == pytest.approx(row["reference"] / row["gemm"])
+        assert row["fused_speedup"] == pytest.approx(row["reference"] / row["fused"])
     assert result["machine"]["cpu_count"] >= 1
     out = capsys.readouterr().out
-    assert "speed-up" in out and "bare GEMM" in out and "mnist H=50 B=100" in out
+    assert "speed-up" in out and "bare GEMM" in out and "fused/GEMM" in out
+    assert "mnist H=50 B=100" in out
 
 
 def test_filter_selects_rows(tmp_path):
@@ -101,6 +103,11 @@ def test_kernel_cases_run(family):
             fn()
 
 
+@pytest.mark.parametrize("impl", benchcases.TRAIN_IMPLS)
+def test_train_step_builds_and_runs(impl):
+    benchcases.train_step(impl, 5, 3, "float32")()
+
+
 def test_unknown_combinations_skip():
     with pytest.raises(NotImplementedError):
         benchcases.kernel_pair("relu", "fastbp", (2, 3, 4), "float64")
@@ -135,16 +142,19 @@ def test_mnist_batch_keeps_the_books_dtypes():
 
 
 @pytest.mark.parametrize("dtype", benchcases.DTYPES)
-def test_train_step_same_update_for_both_nets(dtype):
+def test_train_step_same_update_for_every_impl(dtype):
     x, t = benchcases.train_batch(8, dtype)
     nets = {impl: benchcases.two_layer_net(impl, 6, dtype) for impl in benchcases.IMPLS}
     start = nets["fastbp"].params["W2"].copy()
     np.testing.assert_array_equal(start, nets["reference"].params["W2"])
+    fused = {key: value.copy() for key, value in nets["fastbp"].params.items()}
+    benchcases.fused_step(fused, x, t)()
     for net in nets.values():
         benchcases.sgd_step(net, x, t)()
     tol = 1e-5 if dtype == "float32" else 1e-12
     for key in benchcases.PARAM_KEYS:
-        fast, ref = nets["fastbp"].params[key], nets["reference"].params[key]
-        assert fast.dtype == ref.dtype == np.dtype(dtype)
-        np.testing.assert_allclose(fast, ref, rtol=tol, atol=tol)
+        ref = nets["reference"].params[key]
+        for got in (nets["fastbp"].params[key], fused[key]):
+            assert got.dtype == ref.dtype == np.dtype(dtype)
+            np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
     assert not np.array_equal(nets["fastbp"].params["W2"], start)
