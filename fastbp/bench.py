@@ -36,6 +36,7 @@ import numpy as np
 
 from fastbp import benchcases, kernels
 from fastbp.kernels import CROSSOVER
+from fastbp.kernels import optimizers as update_kernels
 
 IMPLS = benchcases.IMPLS
 OTHER_FRAMEWORKS = {"torch": benchcases.torch_step, "jax": benchcases.jax_step}
@@ -237,13 +238,23 @@ def run_case(case, settings):
 # Affine ladder shapes: out[n // M, M] from x[n // M, K] @ W[K, M].
 LADDER_K, LADDER_M = 50, 100
 SOFTMAX_CLASSES = 10
-LADDER_KERNELS = tuple(
+TRAIN_STEP_HIDDEN = 100  # fused train step ladder: x[n // 784, 784], H = 100
+# Optimizer updates (param, grad, *state, *scalars): state arrays and scalar arguments.
+UPDATE_ARGS = {
+    "sgd_update": (0, (0.01,)),
+    "momentum_update": (1, (0.01, 0.9)),
+    "adagrad_update": (1, (0.01, 1e-7)),
+    "adam_update": (2, (0.001, 0.1, 0.001, 1e-7)),
+}
+CORE_KERNELS = tuple(
     f"{family}_{verb}" for family in benchcases.KERNEL_FAMILIES for verb in ("forward", "backward")
 )
+LADDER_KERNELS = (*CORE_KERNELS, *UPDATE_ARGS, "train_step")
 
 
 def kernel_args(name, n, dtype):
-    """Arguments of kernel ``name`` whose first array has ``n`` elements."""
+    """Arguments of kernel ``name`` (a core kernel or an optimizer update) whose first
+    array has ``n`` elements."""
     normal = benchcases.normal
     if name.startswith("affine"):
         rows = max(1, n // LADDER_M)
@@ -259,6 +270,9 @@ def kernel_args(name, n, dtype):
             return x, t, np.empty_like(x)
         return x, t, 1.0 / rows, np.empty_like(x)
     x = normal(n, dtype, 1)
+    if name in UPDATE_ARGS:
+        states, scalars = UPDATE_ARGS[name]
+        return (x, normal(n, dtype, 2, 0.01), *(np.zeros_like(x) for _ in range(states)), *scalars)
     extra = {
         "relu_forward": (np.empty_like(x), x <= 0),
         "relu_backward": (x <= 0, np.empty_like(x)),
@@ -266,6 +280,24 @@ def kernel_args(name, n, dtype):
         "sigmoid_backward": (np.empty_like(x), np.empty_like(x)),
     }
     return (x, *extra[name])
+
+
+def _on_path(path, fn):
+    with kernels.force_path(path):
+        fn()
+
+
+def ladder_pair(name, n, dtype):
+    """(serial, parallel) callables running kernel ``name`` with ``n`` elements in its
+    first argument; the fused train step goes through ``fastbp.fused`` with a forced path."""
+    if name == "train_step":
+        x, t = benchcases.train_batch(max(1, n // benchcases.INPUT_SIZE), dtype)
+        params = benchcases.two_layer_net("fastbp", TRAIN_STEP_HIDDEN, dtype).params
+        step = benchcases.fused_step(params, x, t)
+        return tuple(functools.partial(_on_path, path, step) for path in ("serial", "parallel"))
+    kernel = getattr(update_kernels if name in UPDATE_ARGS else kernels, name)
+    args = kernel_args(name, n, np.dtype(dtype))
+    return functools.partial(kernel.serial, *args), functools.partial(kernel.parallel, *args)
 
 
 def measured_crossover(ladder):
@@ -284,13 +316,10 @@ def crossover_rows(settings, name_filter):
     for name in LADDER_KERNELS:
         if name_filter not in name:
             continue
-        kernel = getattr(kernels, name)
         for dtype in benchcases.DTYPES:
             ladder = []
             for n in settings.ladder:
-                args = kernel_args(name, n, np.dtype(dtype))
-                builds = (kernel.serial, kernel.parallel)
-                serial, parallel = medians([functools.partial(f, *args) for f in builds], settings)
+                serial, parallel = medians(ladder_pair(name, n, dtype), settings)
                 ladder.append({"size": n, "serial": serial, "parallel": parallel})
             rows.append(
                 {
