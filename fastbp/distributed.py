@@ -280,9 +280,9 @@ class DataParallel:
 
 # -- benchmark: python -m fastbp.distributed --bench ------------------------------------
 
-# (ranks, threads per rank) of the benchmark runs; threads cap Numba and BLAS alike.
-BENCH_CONFIGS = ((1, 2), (1, 1), (2, 1))
-THREAD_VARS = ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# (ranks, Numba threads per rank, BLAS threads per rank) of the benchmark runs.
+BENCH_CONFIGS = ((1, 2, 2), (1, 2, 1), (1, 1, 1), (2, 1, 1))
+BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def bench_worker(hidden, batch_size, steps, dtype):
@@ -329,10 +329,14 @@ def bench_worker(hidden, batch_size, steps, dtype):
 
 
 def bench(hidden, batch_size, steps, dtype, mpiexec):
-    """Run ``bench_worker`` for every (ranks, threads) in BENCH_CONFIGS; returns the rows."""
+    """Run ``bench_worker`` for every configuration in BENCH_CONFIGS; returns the rows."""
     rows = []
-    for ranks, threads in BENCH_CONFIGS:
-        env = {**os.environ, **dict.fromkeys(THREAD_VARS, str(threads))}
+    for ranks, threads, blas in BENCH_CONFIGS:
+        env = {
+            **os.environ,
+            **dict.fromkeys(BLAS_VARS, str(blas)),
+            "NUMBA_NUM_THREADS": str(threads),
+        }
         command = [mpiexec, "-n", str(ranks), sys.executable, "-m", "fastbp.distributed"]
         command += ["--bench-worker", f"--hidden={hidden}", f"--batch-size={batch_size}"]
         command += [f"--steps={steps}", f"--dtype={dtype}"]
@@ -340,24 +344,25 @@ def bench(hidden, batch_size, steps, dtype, mpiexec):
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout}{done.stderr}")
         row = json.loads(done.stdout.strip().splitlines()[-1])
-        rows.append({"threads": threads, **row})
+        rows.append({"threads": threads, "blas": blas, **row})
     return rows
 
 
 def bench_table(rows, hidden, batch_size, dtype):
-    """The benchmark rows as a text table, speed-ups against the first row."""
+    """The benchmark rows as a text table; speed-ups are against 1 rank x 1 thread."""
+    base = next(row["step_s"] for row in rows if row["ranks"] == row["threads"] == 1)
     lines = [
         f"TwoLayerNet 784-{hidden}-10 {dtype}, global batch {batch_size}, "
-        f"{rows[0]['buffer_bytes']:,} bytes all-reduced per step",
-        f"{'ranks x threads':>15} {'steps/s':>9} {'samples/s':>10} {'speed-up':>8} "
-        f"{'allreduce/step':>14} {'bare allreduce':>14}",
+        f"{rows[0]['buffer_bytes']:,} bytes all-reduced per step (medians over steps)",
+        f"{'ranks x threads':<24}{'steps/s':>9}{'samples/s':>11}{'vs 1x1':>8}"
+        f"{'allreduce/step':>16}{'bare allreduce':>16}",
     ]
     for row in rows:
         step, in_step, bare = row["step_s"], row["allreduce_in_step_s"], row["bare_allreduce_s"]
+        label = f"{row['ranks']} x {row['threads']} (BLAS {row['blas']})"
         lines.append(
-            f"{row['ranks']:>7} x {row['threads']:<5} {1 / step:>9.1f} "
-            f"{batch_size / step:>10.0f} {rows[0]['step_s'] / step:>8.2f} "
-            f"{in_step * 1e3:>11.3f} ms {bare * 1e3:>11.3f} ms"
+            f"{label:<24}{1 / step:>9.1f}{batch_size / step:>11,.0f}{base / step:>8.2f}"
+            f"{in_step * 1e3:>13.3f} ms{bare * 1e3:>13.3f} ms"
         )
     return "\n".join(lines)
 
@@ -365,8 +370,8 @@ def bench_table(rows, hidden, batch_size, dtype):
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m fastbp.distributed",
-        description="Benchmark data-parallel training: 1 rank x 2 threads, 1 rank x 1 "
-        "thread and 2 ranks x 1 thread (launches mpiexec itself).",
+        description="Benchmark data-parallel training: 1 rank x 2 threads (BLAS 2 or 1), "
+        "1 rank x 1 thread and 2 ranks x 1 thread (launches mpiexec itself).",
     )
     parser.add_argument("--bench", action="store_true", help="run the benchmark")
     parser.add_argument("--bench-worker", action="store_true", help=argparse.SUPPRESS)
