@@ -65,7 +65,7 @@ class TwoLayerStep:
         }
         self._capacity = 0  # rows the batch buffers hold
         self._rows = None  # (n, z1, dy, dz1, xw) views for the last batch size
-        self._nz = np.empty(0, np.int32)
+        self._nz = None  # sparse first layer: positions of x's nonzeros by row and column
         self._xw = None  # x cast to the weights' dtype, allocated on the first mixed batch
         self._last = None  # (rows, max_nnz) of the last call
 
@@ -80,14 +80,15 @@ class TwoLayerStep:
         return n * k if self.sparse else -1
 
     def _batch_buffers(self, n, k, cast):
-        """(z1, dy, dz1, xw, nz) for a batch of n rows, enlarging the buffers if needed."""
+        """(z1, dy, dz1, xw, nz) for a batch of n rows, enlarging them if needed."""
         h, c = self.params["W2"].shape
         if n > self._capacity:
             self._capacity = n
             self._z1 = np.empty((n, h), self.dtype)
             self._dy = np.empty((n, c), self.dtype)
             self._dz1 = np.empty((n, h), self.dtype)
-            self._nz = np.empty(n + 1 + max(self._max_nnz(n, k), 0), np.int32)
+            cap = max(self._max_nnz(n, k), 0)
+            self._nz = np.empty(n + 1 + k + 1 + n + 2 * cap, np.int32)
             self._xw = None
             self._rows = None
         if cast and self._xw is None:

@@ -6,20 +6,22 @@ optionally applies the SGD update ``p -= lr * dp`` to the params in place. Nothi
 allocated per call. The GEMMs are BLAS calls outside any parallel loop; everything else is
 one pass per stage:
 
-    z1 = x @ W1               dense: BLAS; sparse: sum of W1 rows at the nonzeros of x
+    z1 = x @ W1               dense: BLAS; sparse: per row, W1 rows at its nonzeros summed
     z1 = max(z1 + b1, 0)      in place
     dy = z1 @ W2              BLAS, then per row: + b2, softmax, loss term, (y - t) / N
     dW2 = z1.T @ dy, dz1 = dy @ W2.T, db2 = dy summed over rows
     dz1 *= (z1 > 0)           fused with the db1 column sum
-    dW1 = x.T @ dz1           dense: BLAS; sparse: scatter of dz1 rows at the nonzeros of x
+    dW1 = x.T @ dz1           dense: BLAS; sparse: per column k of x, dz1 rows at its
+                              nonzeros summed (0 for an all-zero column)
 
 There is no dx for the first layer. The sparse first layer is taken when x has at most
-``max_nnz`` nonzeros (the caller sets it from ``SPARSE_DENSITY``); it records the nonzero
-columns of each row in ``nz`` (int32: N + 1 row starts, then the column indices), which
-must hold N + 1 + max_nnz entries. ``xw`` is x in the weights' dtype: pass x itself when
-the dtypes agree, else a buffer of x's shape that the dense path fills (the sparse path
-reads x directly). All arrays are C-contiguous; the labels t[N] are class indices (intp) in
-[0, C), validated by ``fastbp.fused``.
+``max_nnz`` nonzeros (the caller sets it from ``SPARSE_DENSITY``). It stores x's nonzeros
+by row (CSR) and by column (CSC): ``nz`` (int32) holds N + 1 row offsets, K + 1 column
+offsets, the column of each nonzero (N + max_nnz: one spare slot per row) and the row of
+each (max_nnz); the values are read from x. ``xw`` is x in the weights' dtype: pass x
+itself when the dtypes agree, else a buffer of x's shape that the dense path fills. All
+arrays are C-contiguous; the labels t[N] are class indices (intp) in [0, C), validated by
+``fastbp.fused``.
 """
 
 import numpy as np
@@ -27,78 +29,137 @@ from fastbp.kernels.dispatch import FASTMATH, twin
 from fastbp.kernels.softmax_ce import LOG_EPS, softmax_row
 from numba import njit, prange
 
-# Hidden columns per parallel task of the sparse scatter (at most; split further to use
-# every thread when H is small). A multiple of the widest vector (8 doubles).
-SCATTER_BLOCK = 64
+# Hidden columns per parallel task of the ReLU backward's db1 column sums (at most; split
+# further to use every thread when H is small). A multiple of the widest vector.
+COLUMN_BLOCK = 64
 
 jit = njit(inline="always", cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
 
 
 @jit
-def count_nonzero(row):
-    """Number of nonzero entries of a 1-D array."""
+def count_row(x, i):
+    """Number of nonzeros in row i of x (vectorised: no branch)."""
     count = 0
-    for v in row:
-        count += v != 0
+    for c in range(x.shape[1]):
+        count += x[i, c] != 0
     return count
 
 
 @jit
-def sparse_row_product(x_row, cols, W, out_row):
-    """out_row[H] = sum of x_row[k] * W[k, :] over the nonzero columns k, recorded in cols."""
-    p = 0
-    for k in range(x_row.size):
-        if x_row[k] != 0:
-            cols[p] = k
-            p += 1
-    out_row[:] = 0
-    for q in range(p):
-        k = cols[q]
-        v = x_row[k]
-        for j in range(out_row.size):
-            out_row[j] += v * W[k, j]
+def record_row(x, i, cols, p):
+    """Columns of row i's nonzeros into cols[p:]; returns the end position.
+
+    Branch-free within blocks of 8 (all-zero blocks are skipped): every column is written
+    and the position advances past nonzeros only, so one spare slot follows the row.
+    """
+    k = x.shape[1]
+    for c0 in range(0, k, 8):
+        nonzero = False
+        for c in range(c0, min(c0 + 8, k)):
+            nonzero |= x[i, c] != 0
+        if nonzero:
+            for c in range(c0, min(c0 + 8, k)):
+                cols[p] = c
+                p += x[i, c] != 0
+    return p
 
 
 @jit
-def scatter_rows(x, nz, coef, dz, lo, hi, target):
-    """target[k, lo:hi] += coef * x[i, k] * dz[i, lo:hi] for every recorded nonzero x[i, k]."""
-    n = x.shape[0]
+def combine_rows(A, x, r, by_row, idx, lo, hi, out):
+    """out[r, :] = sum over p in [lo, hi) of v_p * A[idx[p], :] (0 for an empty range),
+    with v_p = x[r, idx[p]] if ``by_row`` else x[idx[p], r].
+
+    Four terms per pass over the row, so out[r] is loaded and stored a quarter as often.
+    """
+    out[r, :] = 0
+    p = lo
+    while p <= hi - 4:
+        a, b, c, d = idx[p], idx[p + 1], idx[p + 2], idx[p + 3]
+        if by_row:
+            va, vb, vc, vd = x[r, a], x[r, b], x[r, c], x[r, d]
+        else:
+            va, vb, vc, vd = x[a, r], x[b, r], x[c, r], x[d, r]
+        for j in range(out.shape[1]):
+            out[r, j] += va * A[a, j] + vb * A[b, j] + vc * A[c, j] + vd * A[d, j]
+        p += 4
+    for q in range(p, hi):
+        a = idx[q]
+        va = x[r, a] if by_row else x[a, r]
+        for j in range(out.shape[1]):
+            out[r, j] += va * A[a, j]
+
+
+@jit
+def transpose_nonzeros(rowptr, cols, colptr, rows):
+    """CSC (colptr, rows) of the recorded CSR nonzeros (row i's at rowptr[i] + i)."""
+    n = rowptr.size - 1
+    colptr[:] = 0
     for i in range(n):
-        for p in range(nz[i], nz[i + 1]):
-            k = nz[n + 1 + p]
-            v = coef * x[i, k]
-            for j in range(lo, hi):
-                target[k, j] += v * dz[i, j]
+        for p in range(rowptr[i] + i, rowptr[i + 1] + i):
+            colptr[cols[p] + 1] += 1
+    for c in range(colptr.size - 1):
+        colptr[c + 1] += colptr[c]
+    for i in range(n):  # colptr[c] runs ahead as the fill cursor of column c ...
+        for p in range(rowptr[i] + i, rowptr[i + 1] + i):
+            q = colptr[cols[p]]
+            rows[q] = i
+            colptr[cols[p]] = q + 1
+    for c in range(colptr.size - 1, 0, -1):  # ... and is shifted back afterwards
+        colptr[c] = colptr[c - 1]
+    colptr[0] = 0
 
 
 def column_block(h, threads):
     """Columns per task of the column-blocked loops: every one of ``threads`` busy, at most
-    SCATTER_BLOCK, a multiple of 8."""
+    COLUMN_BLOCK, a multiple of 8."""
     per_thread = -(-h // threads)
-    return min(SCATTER_BLOCK, -(-per_thread // 8) * 8)
+    return min(COLUMN_BLOCK, -(-per_thread // 8) * 8)
 
 
 @twin
 def train_step(
-    x, xw, cast, t, W1, b1, W2, b2, lr, update, max_nnz, block, nz, z1, dy, dz1, dW1, db1, dW2, db2
+    x,
+    xw,
+    cast,
+    t,
+    W1,
+    b1,
+    W2,
+    b2,
+    lr,
+    update,
+    max_nnz,
+    block,
+    nz,
+    z1,
+    dy,
+    dz1,
+    dW1,
+    db1,
+    dW2,
+    db2,
 ):
     """Loss of the batch; gradients into dW1, db1, dW2, db2 (and params -= lr * grads if
     ``update``). z1[N, H], dy[N, C], dz1[N, H] are work buffers (z1 ends as the hidden
-    activations, dy as dLoss/dlogits). With ``update`` and a sparse x, dW1 is not written:
-    the W1 rows at nonzero columns are updated directly."""
+    activations, dy as dLoss/dlogits)."""
     n, k = x.shape
     h = W1.shape[1]
     c = W2.shape[1]
-    # -- first layer: pick the sparse path from the nonzero count --------------------
+    cap = max(max_nnz, 0)
+    rowptr, colptr = nz[: n + 1], nz[n + 1 : n + k + 2]
+    cols, rows = nz[n + k + 2 : n + k + 2 + n + cap], nz[n + k + 2 + n + cap :]
+    # -- first layer: sparse when x has few nonzeros ---------------------------------
     for i in prange(n):
-        nz[i + 1] = count_nonzero(x[i])
-    nz[0] = 0
+        rowptr[i + 1] = count_row(x, i)
+    rowptr[0] = 0
     for i in range(n):
-        nz[i + 1] += nz[i]
-    sparse = nz[n] <= max_nnz
+        rowptr[i + 1] += rowptr[i]
+    sparse = rowptr[n] <= max_nnz
     if sparse:
         for i in prange(n):
-            sparse_row_product(x[i], nz[n + 1 + nz[i] :], W1, z1[i])
+            start = rowptr[i] + i
+            end = record_row(x, i, cols, start)
+            combine_rows(W1, x, i, True, cols, start, end, z1)
     else:
         if cast:
             for i in prange(n):
@@ -138,16 +199,14 @@ def train_step(
                 g = 0 if z1[i, j] <= 0 else dz1[i, j]
                 dz1[i, j] = g
                 db1[j] += g
-    # -- first-layer weight gradient, or the update itself ---------------------------
+    # -- first-layer weight gradient (and update) ------------------------------------
     if sparse:
-        target = W1 if update else dW1
-        if not update:
-            for r in prange(k):
-                dW1[r, :] = 0
-        coef = -lr if update else 1.0
-        for b in prange((h + block - 1) // block):
-            lo = b * block
-            scatter_rows(x, nz, coef, dz1, lo, min(lo + block, h), target)
+        transpose_nonzeros(rowptr, cols, colptr, rows)
+        for r in prange(k):
+            combine_rows(dz1, x, r, False, rows, colptr[r], colptr[r + 1], dW1)
+            if update and colptr[r + 1] > colptr[r]:  # all-zero column: zero gradient
+                for j in range(h):
+                    W1[r, j] -= lr * dW1[r, j]
     else:
         np.dot(xw.T, dz1, dW1)
         if update:
