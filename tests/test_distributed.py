@@ -18,10 +18,29 @@ import pytest
 from helpers import assert_close
 
 from fastbp import cli
-from fastbp.distributed import FlatBuffer, find_mpiexec, shard
+from fastbp.distributed import FlatBuffer, find_mpiexec, get_mpi, shard
 
 HERE = Path(__file__).parent
 JOB_TIMEOUT = 60  # seconds; a job that takes longer is hung
+
+
+def mpi4py_importable():
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_mpi = pytest.mark.skipif(
+    not mpi4py_importable(), reason="mpi4py is not importable: install the [mpi] extra"
+)
+
+
+def test_without_mpi4py_the_error_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # makes ``import mpi4py`` fail
+    with pytest.raises(ImportError, match=r"pip install 'fastbp\[mpi\]'"):
+        get_mpi()
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +53,6 @@ def warm_cache(tmp_path_factory):
 
 def run_job(ranks, args, env=None):
     """Run ``mpiexec -n ranks python args...``; (returncode, stdout + stderr) or fail on hang."""
-    pytest.importorskip("mpi4py", reason="the MPI tests need the [mpi] extra (mpi4py)")
     try:
         mpiexec = find_mpiexec()
     except FileNotFoundError as e:
@@ -89,6 +107,7 @@ def test_flat_buffer_views_share_one_array():
 OVER_TCP = {"MPIR_CVAR_NOLOCAL": "1", "MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp"}
 
 
+@needs_mpi
 @pytest.mark.parametrize("transport", ["shared-memory", "tcp"])
 def test_two_ranks_match_one_process_on_the_same_global_batches(tmp_path, warm_cache, transport):
     import distributed_worker
@@ -108,6 +127,7 @@ def epoch_lines(out):
     return re.findall(r"epoch .*test acc [0-9.]+", out)
 
 
+@needs_mpi
 def test_train_distributed_prints_what_one_process_prints(tmp_path, capsys):
     # A batch of 75 splits 37 + 38 over two ranks, and each epoch ends on a batch of 50.
     options = ["--epochs", "2", "--batch", "75", "--seed", "3", "--no-progress"]
@@ -134,6 +154,7 @@ FAILURE_MESSAGES = {
 }
 
 
+@needs_mpi
 @pytest.mark.parametrize(
     "mode, program",
     [("raise", "train"), ("kill", "train"), ("exit", "worker"), ("hang", "worker")],
