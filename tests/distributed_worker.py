@@ -1,8 +1,9 @@
 """Run by tests/test_distributed.py, single-process or under ``mpiexec -n N``.
 
 Trains a small float64 TwoLayerNet on fixed global batches, including sizes that do not
-split evenly over two ranks and a batch of one sample (an empty shard on rank 1), then
-saves the final parameters (rank 0) to the .npz file named on the command line.
+split evenly over two or three ranks and a batch of one sample (empty shards on the other
+ranks), then saves the losses and final parameters (rank 0) to the .npz file named on
+the command line.
 Usage: python distributed_worker.py OUT.npz [--distributed]
 """
 

@@ -108,13 +108,15 @@ OVER_TCP = {"MPIR_CVAR_NOLOCAL": "1", "MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDE
 
 
 @needs_mpi
-@pytest.mark.parametrize("transport", ["shared-memory", "tcp"])
-def test_two_ranks_match_one_process_on_the_same_global_batches(tmp_path, warm_cache, transport):
+@pytest.mark.parametrize(
+    "ranks, transport", [(2, "shared-memory"), (2, "tcp"), (3, "shared-memory")]
+)
+def test_ranks_match_one_process_on_the_same_global_batches(tmp_path, warm_cache, ranks, transport):
     import distributed_worker
 
     distributed_worker.main(tmp_path / "single.npz", distributed=False)
     args = [HERE / "distributed_worker.py", tmp_path / "mpi.npz", "--distributed"]
-    code, out = run_job(2, args, env=OVER_TCP if transport == "tcp" else None)
+    code, out = run_job(ranks, args, env=OVER_TCP if transport == "tcp" else None)
     assert code == 0, out
     single, mpi = np.load(tmp_path / "single.npz"), np.load(tmp_path / "mpi.npz")
     assert set(single) == set(mpi)
