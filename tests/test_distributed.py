@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from helpers import assert_close
 
-from fastbp import cli
+from fastbp import cli, distributed
 from fastbp.distributed import FlatBuffer, find_mpiexec, get_mpi, shard
 
 HERE = Path(__file__).parent
@@ -174,3 +174,18 @@ def test_a_failing_rank_ends_the_whole_job(tmp_path, mode, program, warm_cache):
     assert code != 0, out
     assert re.search(FAILURE_MESSAGES[mode], out), out
     assert not out_file.exists()
+
+
+@needs_mpi
+def test_bench_runs_every_configuration(capsys, warm_cache):
+    assert distributed.main(["--bench", "--hidden", "8", "--batch-size", "10", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    rows = re.findall(r"^(\d) x (\d) \(BLAS (\d)\) +([0-9.]+) +([0-9,]+) ", out, re.MULTILINE)
+    assert [row[:3] for row in rows] == [
+        ("1", "2", "2"),
+        ("1", "2", "1"),
+        ("1", "1", "1"),
+        ("2", "1", "1"),
+    ], out
+    assert all(float(row[3]) > 0 for row in rows)
+    assert "784-8-10 float64, global batch 10, 50,968 bytes all-reduced per step" in out
