@@ -1,7 +1,8 @@
-"""Data-parallel training over MPI (fastbp.distributed), run as ``mpiexec -n 2`` jobs.
+"""Data-parallel training over MPI (fastbp.distributed), run as ``mpiexec -n N`` jobs.
 
 The MPI tests need mpi4py and an ``mpiexec`` (the ``[mpi]`` extra); without mpi4py they
 are skipped. Every job runs with a timeout, so a hang fails the test instead of CI.
+Failures are injected with the test hook ``FASTBP_TEST_FAIL_AT`` (see fastbp.distributed).
 The single-process run happens in this process first, which also fills the Numba cache
 the ranks then load (two ranks compiling into one cache at once may race).
 """
