@@ -1,8 +1,9 @@
 """Input validation for the layers: every check runs in Python before a kernel does.
 
 Numba kernels skip bounds checks, so a bad label or shape must never reach one. Each
-check is O(1) except the label checks, which are one vectorised pass over ``t`` (N or
-N*C elements, small next to the N*C softmax itself). Every error names the argument.
+check is O(1) except the label checks, which are one compiled pass over ``t`` (N or N*C
+elements, ``fastbp.kernels.labels``), small next to the N*C softmax itself. The label
+checks can never be skipped. Every error names the argument.
 
 NaN and inf are *not* rejected: they propagate exactly as in NumPy (IEEE rules), which is
 the documented result. Only float32 and float64 data are accepted: integer, bool,
@@ -12,6 +13,8 @@ and converted (copied only when needed); inputs are never modified.
 """
 
 import numpy as np
+
+from fastbp.kernels.labels import first_bad_index, first_bad_onehot_row
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -76,10 +79,11 @@ def labels(t, n, c, float_dtype):
         if t.shape[0] != n:
             raise ValueError(f"t has {t.shape[0]} labels for a batch of {n} rows")
         t = t.astype(np.intp)  # the copy is checked, then used: no window for a change
-        low, high = t.min(), t.max()
-        if low < 0 or high >= c:
-            bad = low if low < 0 else high
-            raise ValueError(f"t: label {bad} is out of range for {c} classes (0..{c - 1})")
+        bad = first_bad_index(t, c)
+        if bad >= 0:
+            raise ValueError(
+                f"t: label {t[bad]} (t[{bad}]) is out of range for {c} classes (0..{c - 1})"
+            )
         return t
     if t.ndim == 2:
         if t.shape != (n, c):
@@ -89,9 +93,15 @@ def labels(t, n, c, float_dtype):
                 f"t: one-hot labels must be bool, integer, float16, float32 or float64, "
                 f"got dtype {t.dtype}"
             )
-        if not (((t == 0) | (t == 1)).all() and (t.sum(axis=1) == 1).all()):
-            raise ValueError("t: one-hot rows must hold a single 1 and zeros elsewhere")
-        return np.ascontiguousarray(t, dtype=np.result_type(float_dtype, t.dtype))
+        # Converted first (0 and 1 are exact in any float; other values stay other values),
+        # so the check runs on float32/float64 only.
+        t = np.ascontiguousarray(t, dtype=np.result_type(float_dtype, t.dtype))
+        bad = first_bad_onehot_row(t)
+        if bad >= 0:
+            raise ValueError(
+                f"t: one-hot rows must hold a single 1 and zeros elsewhere (row {bad} does not)"
+            )
+        return t
     raise ValueError(f"t must be 1-D class indices or 2-D one-hot rows, got shape {t.shape}")
 
 

@@ -2,8 +2,8 @@
 
 With the JIT disabled, ``njit`` returns the plain function and ``prange`` is ``range``, so
 both builds of every twin are the kernel's own Python body, and the tests below exercise
-every kernel module (affine, relu, sigmoid, softmax_ce and fast_exp, optimizers,
-train_step) as Python, where coverage can see it::
+every kernel module (affine, relu, sigmoid, softmax_ce and fast_exp, labels,
+optimizers, train_step) as Python, where coverage can see it::
 
     NUMBA_DISABLE_JIT=1 python -m pytest -k "<KEEP>" <SUBSET>
 
