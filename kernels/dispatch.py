@@ -20,15 +20,24 @@ import types
 from numba import njit
 
 # Elements of the first argument at which the parallel build starts to win (2 cores).
+# Core kernels measured 2026-11-23 (numba 0.68.1, znver4, default GNU OpenMP spin): serial
+# and parallel builds interleaved over 2^11..2^22 elements, float32 and float64 (softmax
+# with 10 classes), 9 rounds; the smallest power of two where the fastest parallel time
+# beats the fastest serial one for both dtypes, rounded up where they disagree because a
+# parallel region on a busy 2-core machine can stall for a whole scheduler slice.
+# Affine: the GEMMs run on BLAS threads either way and the parallel loops only add the bias
+# / sum db, so the parallel build saves little and its spinning threads slow the BLAS
+# threads; it won no clear race up to 4M outputs, so it starts only at 1M outputs (the
+# fused train step's threshold, so tests need no larger arrays to reach every parallel path).
 CROSSOVER = {
-    "affine_forward": 1 << 15,
-    "affine_backward": 1 << 15,
+    "affine_forward": 1 << 20,
+    "affine_backward": 1 << 20,
     "relu_forward": 1 << 16,
     "relu_backward": 1 << 16,
-    "sigmoid_forward": 1 << 13,
+    "sigmoid_forward": 1 << 14,
     "sigmoid_backward": 1 << 16,
     "softmax_ce_forward": 1 << 13,
-    "softmax_ce_backward": 1 << 16,
+    "softmax_ce_backward": 1 << 15,
     # Optimizer updates (kernels/optimizers.py): first guesses, not yet measured.
     "sgd_update": 1 << 16,
     "momentum_update": 1 << 16,
