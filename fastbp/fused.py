@@ -114,30 +114,14 @@ class TwoLayerStep:
         z1, dy, dz1, xw, nz = self._batch_buffers(n, k, cast)
         build = train_step.pick(x.size)
         threads = 1 if build is train_step.serial else numba.get_num_threads()
+        max_nnz = self._max_nnz(n, k)
+        g = grads
         loss = build(
-            x,
-            xw if cast else x,
-            cast,
-            t,
-            W1,
-            b1,
-            W2,
-            b2,
-            self.dtype.type(lr),
-            update,
-            self._max_nnz(n, k),
-            column_block(h, threads),
-            nz,
-            z1,
-            dy,
-            dz1,
-            grads["W1"],
-            grads["b1"],
-            grads["W2"],
-            grads["b2"],
-        )
+            x, xw if cast else x, cast, t, W1, b1, W2, b2, self.dtype.type(lr), update, max_nnz,
+            column_block(h, threads), nz, z1, dy, dz1, g["W1"], g["b1"], g["W2"], g["b2"],
+        )  # fmt: skip
         self.loss = self.dtype.type(loss)
-        self._last = (n, self._max_nnz(n, k))
+        self._last = (n, max_nnz)
         return self.loss
 
     @property
@@ -161,6 +145,7 @@ class TwoLayerStep:
 
     def sgd_step(self, x, t, lr):
         """One SGD step on batch (x, t): every param -= lr * its gradient, in place.
-        Returns the loss of the batch before the update."""
+        Returns the loss of the batch before the update. ``grads`` is scratch space here
+        (the sparse path skips the W1 rows it does not update): call ``gradient`` for them."""
         lr = checks.scalar("lr", lr)
         return self._run(x, t, lr, True, self.grads)

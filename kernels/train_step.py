@@ -54,11 +54,16 @@ def record_row(x, i, cols, p):
     """
     k = x.shape[1]
     for c0 in range(0, k, 8):
-        nonzero = False
-        for c in range(c0, min(c0 + 8, k)):
-            nonzero |= x[i, c] != 0
-        if nonzero:
-            for c in range(c0, min(c0 + 8, k)):
+        if c0 + 8 <= k:  # a full block: constant trip counts, unrolled
+            nonzero = False
+            for c in range(c0, c0 + 8):
+                nonzero |= x[i, c] != 0
+            if nonzero:
+                for c in range(c0, c0 + 8):
+                    cols[p] = c
+                    p += x[i, c] != 0
+        else:
+            for c in range(c0, k):
                 cols[p] = c
                 p += x[i, c] != 0
     return p
@@ -140,7 +145,8 @@ def train_step(
     db2,
 ):
     """Loss of the batch; gradients into dW1, db1, dW2, db2 (and params -= lr * grads if
-    ``update``). z1[N, H], dy[N, C], dz1[N, H] are work buffers (z1 ends as the hidden
+    ``update``; then the sparse path skips the dW1 rows of all-zero columns of x, as the
+    update does). z1[N, H], dy[N, C], dz1[N, H] are work buffers (z1 ends as the hidden
     activations, dy as dLoss/dlogits)."""
     n, k = x.shape
     h = W1.shape[1]
@@ -203,10 +209,14 @@ def train_step(
     if sparse:
         transpose_nonzeros(rowptr, cols, colptr, rows)
         for r in prange(k):
-            combine_rows(dz1, x, r, False, rows, colptr[r], colptr[r + 1], dW1)
-            if update and colptr[r + 1] > colptr[r]:  # all-zero column: zero gradient
-                for j in range(h):
-                    W1[r, j] -= lr * dW1[r, j]
+            # An all-zero column r of x has dW1[r] = 0: the update leaves W1[r] (and dW1[r]).
+            if not update or colptr[r + 1] > colptr[r]:
+                combine_rows(dz1, x, r, False, rows, colptr[r], colptr[r + 1], dW1)
+        if update:
+            for r in prange(k):
+                if colptr[r + 1] > colptr[r]:
+                    for j in range(h):
+                        W1[r, j] -= lr * dW1[r, j]
     else:
         np.dot(xw.T, dz1, dW1)
         if update:
