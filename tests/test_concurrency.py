@@ -51,10 +51,11 @@ def test_one_thread_and_two_threads_agree(tmp_path):
         np.testing.assert_allclose(results[2][key], one, rtol=rtol, atol=rtol, err_msg=key)
 
 
-@pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 def test_pool_after_parallel_work(method):
     """A multiprocessing pool started after the parent ran parallel kernels works; forked
-    children run serial kernels, even under force_path("parallel"), instead of aborting."""
+    children run serial kernels, even under force_path("parallel"), instead of aborting;
+    spawn and forkserver children start clean and may run parallel kernels."""
     assert f"method={method}" in run_worker("pool", method, threads=2)
 
 
