@@ -107,6 +107,8 @@ class TwoLayerStep:
         if x.shape[1] != k:
             raise ValueError(f"x has {x.shape[1]} features per sample, but W1 expects {k}")
         x = checks.computable(x, None)
+        if not x.flags.writeable:  # the kernel's one signature takes writeable arrays
+            x = x.copy()
         t = checks.labels(t, n, W2.shape[1], self.dtype)
         if t.ndim == 2:  # checked one-hot: the kernel reads class indices
             t = t.argmax(axis=1)

@@ -17,6 +17,7 @@ from collections import OrderedDict
 import numpy as np
 
 from fastbp import checks
+from fastbp.fused import TwoLayerStep
 from fastbp.gradcheck import numerical_gradient
 from fastbp.layers import Affine, Relu, Sigmoid, SoftmaxWithLoss
 
@@ -137,6 +138,43 @@ class TwoLayerNet(LayerNet):
     ):
         sizes = _sizes(input_size, [hidden_size], output_size)
         super().__init__(sizes, [weight_init_std] * 2, Relu, "Relu", 0, dtype, rng)
+        self._fused = (None, None)  # (the layers' param arrays, their TwoLayerStep or None)
+
+    def fused_step(self, x):
+        """The ``fastbp.fused.TwoLayerStep`` on the layers' params if batch x can take it,
+        else None: x must be a float array of N >= 1 samples whose dtype promotes to the
+        params' dtype, and the params one float dtype, C-contiguous and writeable."""
+        arrays = (self.layers["Affine1"].W, self.layers["Affine1"].b)
+        arrays += (self.layers["Affine2"].W, self.layers["Affine2"].b)
+        held, step = self._fused
+        if held is None or any(a is not b for a, b in zip(arrays, held, strict=True)):
+            try:
+                step = TwoLayerStep(*arrays)
+            except (TypeError, ValueError):  # the layers handle (or reject) such params
+                step = None
+            self._fused = (arrays, step)
+        fits = (
+            isinstance(x, np.ndarray)
+            and x.ndim >= 2
+            and x.size > 0
+            and x.dtype in checks.FLOAT_DTYPES
+            and np.result_type(x.dtype, arrays[0].dtype) == arrays[0].dtype
+        )
+        return step if fits else None
+
+    def gradient(self, x, t):
+        """{param name: gradient} of ``loss(x, t)`` by backpropagation, as new arrays.
+
+        When ``fused_step(x)`` allows, the whole forward and backward pass is one compiled
+        call (``fastbp.fused``): same results to rounding, the loss in ``lastLayer.loss``,
+        but the layers' cached forward state (x, mask, y, dW) is left as it was.
+        """
+        step = self.fused_step(x)
+        if step is None:
+            return super().gradient(x, t)
+        grads = step.gradient(x, t, reuse=False)
+        self.lastLayer.loss = step.loss
+        return grads
 
 
 class MultiLayerNet(LayerNet):

@@ -9,6 +9,9 @@ training steps reuse the loop); the default is the book's ``gradient`` + ``updat
 import time
 from dataclasses import dataclass, field
 
+from fastbp.nets import TwoLayerNet
+from fastbp.optimizers import SGD
+
 
 @dataclass
 class History:
@@ -33,7 +36,15 @@ class History:
 
 
 def gradient_step(net, optimizer, x, t):
-    """One step of the book's loop: backprop gradients, update params; returns the loss."""
+    """One step of the book's loop: backprop gradients, update params; returns the loss.
+
+    Plain SGD on a ``TwoLayerNet`` itself (not a wrapper such as ``DataParallel``, whose
+    ``gradient`` must run) takes the gradient and the update as one compiled call
+    (``TwoLayerNet.fused_step``) when the batch allows.
+    """
+    fused = net.fused_step(x) if type(optimizer) is SGD and isinstance(net, TwoLayerNet) else None
+    if fused is not None:
+        return float(fused.sgd_step(x, t, optimizer.lr))
     grads = net.gradient(x, t)
     optimizer.update(net.params, grads)
     return float(net.lastLayer.loss)

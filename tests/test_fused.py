@@ -11,6 +11,9 @@ from helpers import assert_close, assert_loss_close, normal, rtol_for
 
 from fastbp import reference
 from fastbp.fused import TwoLayerStep
+from fastbp.nets import LayerNet, TwoLayerNet
+from fastbp.optimizers import SGD
+from fastbp.train import gradient_step
 
 # (N, K, H, C): batch of one, odd sizes, more hidden units than a column block.
 SHAPES = [(1, 9, 5, 3), (13, 37, 11, 4), (6, 20, 70, 10)]
@@ -209,3 +212,70 @@ def test_bad_params_raise(rng):
         TwoLayerStep.from_params(p, sparse="yes")
     with pytest.raises(TypeError, match="lr"):
         TwoLayerStep.from_params(p).sgd_step(np.ones((1, 8)), [0], "0.1")
+
+
+def layer_by_layer(net, x, t):
+    """The layer API's backprop (what TwoLayerNet.gradient does without the fused step)."""
+    return LayerNet.gradient(net, x, t)
+
+
+@pytest.mark.parametrize("x_dtype", [np.float32, np.float64])
+def test_net_gradient_is_fused_and_equals_the_layers(rng, x_dtype):
+    net = TwoLayerNet(37, 11, 4, rng=1)
+    x = sparse_batch(rng, 13, 37, x_dtype)
+    t = labels(rng, 13, 4, False)
+    assert net.fused_step(x) is not None
+    grads = net.gradient(x, t)
+    loss = net.lastLayer.loss
+    expected = layer_by_layer(net, x, t)
+    assert loss == pytest.approx(net.lastLayer.loss, rel=1e-12)
+    for name in expected:
+        assert grads[name].dtype == expected[name].dtype
+        assert_close(grads[name], expected[name], 1e-12)
+    again = net.gradient(x, t)
+    assert all(again[name] is not grads[name] for name in grads)  # new arrays every call
+
+
+def test_net_gradient_falls_back_to_the_layers(rng):
+    net = TwoLayerNet(10, 6, 3, dtype=np.float32, rng=2)
+    x = rng.random((5, 10))  # float64 batch, float32 params: NumPy computes in float64
+    t = labels(rng, 5, 3, False)
+    assert net.fused_step(x) is None
+    assert net.gradient(x, t)["W1"].dtype == np.float64
+    assert net.fused_step(x.astype(np.float32)) is not None
+
+
+def test_train_step_with_sgd_is_one_fused_call(rng, monkeypatch):
+    calls = []
+    sgd_step = TwoLayerStep.sgd_step
+    monkeypatch.setattr(TwoLayerStep, "sgd_step", lambda *a: calls.append(a) or sgd_step(*a))
+    fused, plain = TwoLayerNet(37, 11, 4, rng=3), TwoLayerNet(37, 11, 4, rng=3)
+    x = sparse_batch(rng, 13, 37, np.float32)
+    t = labels(rng, 13, 4, True)
+    loss = gradient_step(fused, SGD(lr=0.3), x, t)
+    assert len(calls) == 1
+    grads = layer_by_layer(plain, x, t)
+    for name, p in plain.params.items():
+        p -= 0.3 * grads[name]
+    assert loss == pytest.approx(float(plain.lastLayer.loss), rel=1e-12)
+    for name in plain.params:
+        assert_close(fused.params[name], plain.params[name], 1e-12)
+
+
+def test_train_step_runs_a_wrapper_s_own_gradient(rng):
+    class Wrapper:  # like fastbp.distributed.DataParallel: delegates unknown attributes
+        def __init__(self, net):
+            self.net, self.calls = net, 0
+
+        def __getattr__(self, name):
+            return getattr(self.net, name)
+
+        def gradient(self, x, t):
+            self.calls += 1
+            return self.net.gradient(x, t)
+
+    wrapper = Wrapper(TwoLayerNet(37, 11, 4, rng=4))
+    gradient_step(
+        wrapper, SGD(lr=0.1), sparse_batch(rng, 5, 37, np.float32), labels(rng, 5, 4, False)
+    )
+    assert wrapper.calls == 1
