@@ -10,7 +10,8 @@ dtype (a float32 batch with float64 weights is cast once per call into a buffer)
 
 Sparse batches (MNIST images are about 80% zeros) take a first layer that only touches
 the W1 rows at nonzero pixels; it is chosen per batch from the nonzero count against
-``SPARSE_DENSITY`` and gives the dense path's results to rounding.
+``SPARSE_DENSITY`` (by the weights' dtype: it pays in float64, where BLAS is slower) and
+gives the dense path's results to rounding.
 """
 
 import numba
@@ -54,15 +55,8 @@ class TwoLayerStep:
         self.params = _params(W1, b1, W2, b2)
         self.sparse = sparse
         self.dtype = W1.dtype
-        k, h = W1.shape
-        c = W2.shape[1]
         self.loss = None
-        self.grads = {
-            "W1": np.empty((k, h), self.dtype),
-            "b1": np.empty(h, self.dtype),
-            "W2": np.empty((h, c), self.dtype),
-            "b2": np.empty(c, self.dtype),
-        }
+        self._grads = None  # the reused gradient buffers, allocated on first use
         self._capacity = 0  # rows the batch buffers hold
         self._rows = None  # (n, z1, dy, dz1, xw) views for the last batch size
         self._nz = None  # sparse first layer: positions of x's nonzeros by row and column
@@ -74,9 +68,19 @@ class TwoLayerStep:
         """A step on ``params['W1']``, ``['b1']``, ``['W2']``, ``['b2']`` (by reference)."""
         return cls(*(params[name] for name in PARAM_NAMES), sparse=sparse)
 
+    @property
+    def grads(self):
+        """The reused gradient buffers {'W1', 'b1', 'W2', 'b2'} (params' shapes and dtype)."""
+        if self._grads is None:
+            self._grads = self._new_grads()
+        return self._grads
+
+    def _new_grads(self):
+        return {name: np.empty_like(p) for name, p in self.params.items()}
+
     def _max_nnz(self, n, k):
         if self.sparse == "auto":
-            return int(SPARSE_DENSITY * n * k)
+            return int(SPARSE_DENSITY[self.dtype.name] * n * k)
         return n * k if self.sparse else -1
 
     def _batch_buffers(self, n, k, cast):
@@ -141,7 +145,7 @@ class TwoLayerStep:
         With ``reuse`` (default) the arrays are this object's buffers (the same arrays on
         every call) and the next call overwrites them; ``reuse=False`` returns new arrays.
         """
-        grads = self.grads if reuse else {name: np.empty_like(g) for name, g in self.grads.items()}
+        grads = self.grads if reuse else self._new_grads()
         self._run(x, t, 0.0, False, grads)
         return dict(grads)
 

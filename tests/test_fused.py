@@ -31,9 +31,9 @@ def make_params(rng, k, h, c, dtype):
     }
 
 
-def sparse_batch(rng, n, k, dtype):
-    """About 70% zeros, an all-zero first column and (for n > 2) an all-zero second row."""
-    x = rng.random((n, k)) * (rng.random((n, k)) < 0.3)
+def sparse_batch(rng, n, k, dtype, density=0.3):
+    """About ``density`` nonzeros, an all-zero first column and (n > 2) second row."""
+    x = rng.random((n, k)) * (rng.random((n, k)) < density)
     x[:, 0] = 0
     if n > 2:
         x[1] = 0
@@ -116,7 +116,7 @@ def test_auto_picks_the_first_layer_by_density(rng):
     params = make_params(rng, k, h, c, np.float64)
     step = TwoLayerStep.from_params(params)
     t = labels(rng, n, c, False)
-    step.gradient(sparse_batch(rng, n, k, np.float64), t)
+    step.gradient(sparse_batch(rng, n, k, np.float64, density=0.05), t)
     assert step.used_sparse
     step.gradient(rng.random((n, k)), t)
     assert not step.used_sparse
