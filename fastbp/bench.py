@@ -96,7 +96,8 @@ def _calls_per_sample(fn, min_time):
     """Calls per sample so that one sample takes at least ``min_time`` seconds."""
     number = 1
     while (elapsed := _sample(fn, number)) < min_time:
-        number = max(2 * number, int(number * 1.2 * min_time / max(elapsed, 1e-9)))
+        estimate = int(number * 1.2 * min_time / max(elapsed, 1e-9))
+        number = max(2 * number, min(1000 * number, estimate))
     return number
 
 
