@@ -138,14 +138,23 @@ class TwoLayerStep:
         n, max_nnz = self._last
         return bool(self._nz[n] <= max_nnz)
 
-    def gradient(self, x, t, reuse=True):
+    def gradient(self, x, t, reuse=True, out=None):
         """{'W1', 'b1', 'W2', 'b2'} gradients of the loss of batch x[N, K] (or x[N, ...])
         with labels t (indices t[N] or one-hot t[N, C]); the loss is kept in ``self.loss``.
 
         With ``reuse`` (default) the arrays are this object's buffers (the same arrays on
         every call) and the next call overwrites them; ``reuse=False`` returns new arrays.
+        ``out``: a dict of four writeable C-contiguous arrays of the params' shapes and
+        dtype to write the gradients into instead (e.g. views into one flat buffer).
         """
-        grads = self.grads if reuse else self._new_grads()
+        if out is not None:
+            for name, p in self.params.items():
+                g = out[name]
+                if not (isinstance(g, np.ndarray) and g.dtype == p.dtype and g.shape == p.shape):
+                    raise ValueError(f"out[{name!r}] must be a {p.dtype} array of shape {p.shape}")
+                if not (g.flags.c_contiguous and g.flags.writeable):
+                    raise ValueError(f"out[{name!r}] must be writeable and C-contiguous")
+        grads = out if out is not None else self.grads if reuse else self._new_grads()
         self._run(x, t, 0.0, False, grads)
         return dict(grads)
 

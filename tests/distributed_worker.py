@@ -4,14 +4,14 @@ Trains a small float64 TwoLayerNet on fixed global batches, including sizes that
 split evenly over two or three ranks and a batch of one sample (empty shards on the other
 ranks), then saves the losses and final parameters (rank 0) to the .npz file named on
 the command line.
-Usage: python distributed_worker.py OUT.npz [--distributed]
+Usage: python distributed_worker.py OUT.npz two|multi [--distributed]
 """
 
 import sys
 
 import numpy as np
 
-from fastbp.nets import TwoLayerNet
+from fastbp.nets import MultiLayerNet, TwoLayerNet
 from fastbp.optimizers import Momentum
 from fastbp.train import gradient_step
 
@@ -39,14 +39,17 @@ def train(net):
     return {"step_losses": step_losses, "losses": losses}
 
 
-def make_net(seed):
-    """TwoLayerNet with weights drawn from ``seed``."""
-    return TwoLayerNet(*SIZES, weight_init_std=0.5, rng=seed)
+def make_net(seed, kind):
+    """TwoLayerNet ("two": its fused step writes straight into DataParallel's buffer) or
+    a MultiLayerNet with weight decay ("multi": layer by layer, gradients copied)."""
+    if kind == "two":
+        return TwoLayerNet(*SIZES, weight_init_std=0.5, rng=seed)
+    return MultiLayerNet(SIZES[0], [SIZES[1], 6], SIZES[2], weight_decay_lambda=0.01, rng=seed)
 
 
-def main(out, distributed):
+def main(out, kind, distributed):
     if not distributed:
-        net = make_net(0)
+        net = make_net(0, kind)
         np.savez(out, **train(net), **net.params)
         return
     from fastbp.distributed import DataParallel, abort_on_error, get_mpi
@@ -54,11 +57,11 @@ def main(out, distributed):
     comm = get_mpi().COMM_WORLD
     with abort_on_error(comm):
         # Every rank starts from different weights: DataParallel must broadcast rank 0's.
-        net = DataParallel(make_net(comm.rank), comm)
+        net = DataParallel(make_net(comm.rank, kind), comm)
         losses = train(net)
         if comm.rank == 0:
             np.savez(out, **losses, **net.params)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], "--distributed" in sys.argv[2:])
+    main(sys.argv[1], sys.argv[2], "--distributed" in sys.argv[3:])

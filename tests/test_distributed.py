@@ -20,6 +20,7 @@ from helpers import assert_close
 
 from fastbp import cli, distributed
 from fastbp.distributed import FlatBuffer, find_mpiexec, get_mpi, shard
+from fastbp.nets import TwoLayerNet
 
 HERE = Path(__file__).parent
 JOB_TIMEOUT = 60  # seconds; a job that takes longer is hung
@@ -38,6 +39,22 @@ needs_mpi = pytest.mark.skipif(
 )
 
 
+def test_fused_step_writes_gradients_into_flat_buffer_views(rng):
+    """The zero-copy path of DataParallel: TwoLayerStep.gradient(out=views of one buffer)."""
+    net = TwoLayerNet(20, 8, 5, rng=0)
+    x, t = rng.standard_normal((7, 20)), rng.integers(0, 5, 7)
+    buffer = FlatBuffer({k: v.shape for k, v in net.params.items()}, np.float64, extra=1)
+    step = net.fused_step(x)
+    grads = step.gradient(x, t, out=buffer.views)
+    expected = net.gradient(x, t)
+    for name, g in grads.items():
+        assert g is buffer.views[name]
+        assert_close(g, expected[name], 1e-12)
+    wrong = {**buffer.views, "b1": np.empty(9)}
+    with pytest.raises(ValueError, match=r"out\['b1'\]"):
+        step.gradient(x, t, out=wrong)
+
+
 def test_without_mpi4py_the_error_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "mpi4py", None)  # makes ``import mpi4py`` fail
     with pytest.raises(ImportError, match=r"pip install 'fastbp\[mpi\]'"):
@@ -49,7 +66,10 @@ def warm_cache(tmp_path_factory):
     """Compile the worker's kernels in this process first, so ranks only load the cache."""
     import distributed_worker
 
-    distributed_worker.main(tmp_path_factory.mktemp("warm") / "single.npz", distributed=False)
+    for kind in ("two", "multi"):
+        distributed_worker.main(
+            tmp_path_factory.mktemp("warm") / "one.npz", kind, distributed=False
+        )
 
 
 def run_job(ranks, args, env=None):
@@ -110,13 +130,16 @@ OVER_TCP = {"MPIR_CVAR_NOLOCAL": "1", "MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDE
 
 @needs_mpi
 @pytest.mark.parametrize(
-    "ranks, transport", [(2, "shared-memory"), (2, "tcp"), (3, "shared-memory")]
+    "ranks, transport, kind",
+    [(2, "shared-memory", "two"), (2, "tcp", "two"), (3, "shared-memory", "multi")],
 )
-def test_ranks_match_one_process_on_the_same_global_batches(tmp_path, warm_cache, ranks, transport):
+def test_ranks_match_one_process_on_the_same_global_batches(
+    tmp_path, warm_cache, ranks, transport, kind
+):
     import distributed_worker
 
-    distributed_worker.main(tmp_path / "single.npz", distributed=False)
-    args = [HERE / "distributed_worker.py", tmp_path / "mpi.npz", "--distributed"]
+    distributed_worker.main(tmp_path / "single.npz", kind, distributed=False)
+    args = [HERE / "distributed_worker.py", tmp_path / "mpi.npz", kind, "--distributed"]
     code, out = run_job(ranks, args, env=OVER_TCP if transport == "tcp" else None)
     assert code == 0, out
     single, mpi = np.load(tmp_path / "single.npz"), np.load(tmp_path / "mpi.npz")
@@ -169,7 +192,7 @@ def test_a_failing_rank_ends_the_whole_job(tmp_path, mode, program, warm_cache):
     if program == "train":
         args = ["-m", "fastbp", "train", "--distributed", "--no-progress", "--plot", out_file]
     else:
-        args = [HERE / "distributed_worker.py", out_file, "--distributed"]
+        args = [HERE / "distributed_worker.py", out_file, "two", "--distributed"]
     env = {"FASTBP_TEST_FAIL_AT": f"1:2:{mode}", "FASTBP_MPI_TIMEOUT": HANG_TIMEOUT}
     code, out = run_job(2, args, env=env)
     assert code != 0, out
