@@ -553,3 +553,11 @@ def test_weights_reshaped_after_forward():
     layer.W = np.ones((K + 1, M))
     with pytest.raises(ValueError, match=r"(?<!\w)W(?!\w)"):
         layer.backward(args["dout"])
+
+
+@pytest.mark.parametrize("entry", ["Relu", "Sigmoid"])
+def test_empty_activation_input_gives_empty_results(entry):
+    """Relu and Sigmoid take any shape, so an empty x is valid: empty results, like NumPy."""
+    x = np.empty((0, K))
+    got = ENTRIES[entry].run({"x": x, "dout": np.empty((0, K))})
+    assert all(value.shape == (0, K) and value.dtype == np.float64 for value in got.values())
