@@ -47,6 +47,7 @@ class TwoLayerStep:
 
     ``sparse``: "auto" (pick per batch by density), True (always the sparse first layer)
     or False (always dense BLAS). Use ``from_params(net.params)`` for a book-style net.
+    The buffers make a step object single-threaded: give each thread its own.
     """
 
     def __init__(self, W1, b1, W2, b2, sparse="auto"):
