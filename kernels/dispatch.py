@@ -10,6 +10,11 @@ for the calling thread only (a ``contextvars`` setting, like ``decimal.localcont
 threads started inside the block, and other threads, keep choosing by size.
 A process created by ``fork()`` runs serial kernels only: GNU OpenMP, Numba's default
 threading layer here, aborts a forked child that starts a parallel region.
+
+The crossovers assume the cores are free. On a machine busy with other processes a parallel
+region waits for its slowest thread, and a worker that fell asleep between calls was
+measured to stall a call by 10-16 ms (a 1M-element ReLU: ~0.1 ms serial); there,
+``force_path("serial")`` or ``NUMBA_NUM_THREADS=1`` is the faster choice.
 """
 
 import contextlib
