@@ -129,10 +129,11 @@ class Affine:
 
     def _params(self):
         W = checks.float_array("W", self.W, ndim=2)
-        b = checks.float_array("b", self.b, ndim=1)
-        if b.shape[0] != W.shape[1]:
-            raise ValueError(f"b has shape {b.shape}, expected ({W.shape[1]},) to match W")
-        return W, b
+        b = checks.float_array("b", self.b)
+        m = W.shape[1]
+        if b.shape not in ((m,), (1, m)):  # a (1, M) row broadcasts in the book's NumPy too
+            raise ValueError(f"b has shape {b.shape}, expected ({m},) or (1, {m}) to match W")
+        return W, b.reshape(m)
 
     def forward(self, x):
         x = checks.batch("x", x, min_ndim=2)

@@ -370,7 +370,9 @@ SPECIFIC = [
     _bad("Affine", "W", "rank1", lambda a: a[0]),
     _bad("Affine", "W", "rank3", lambda a: a[None]),
     ("Affine", "W", "wrong_outputs", lambda a: a[:, :-1], Raises(ValueError, "b")),
-    _bad("Affine", "b", "rank2", lambda a: a[None]),
+    ("Affine", "b", "row_1xM", lambda a: a[None], SAME),  # broadcasts, as in the book
+    _bad("Affine", "b", "rank3", lambda a: a[None, None]),
+    _bad("Affine", "b", "column_Mx1", lambda a: a[:, None]),
     _bad("Affine", "b", "scalar", replace(0.5)),
     _bad("Affine", "b", "wrong_length", lambda a: a[:-1]),
     _bad("Affine", "dout", "rank1", lambda a: a[0]),
