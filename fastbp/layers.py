@@ -2,7 +2,9 @@
 
 Swap ``from common.layers import ...`` for ``from fastbp.layers import ...`` and the rest of
 the code runs unchanged. Each class validates its input (``fastbp.checks``) and calls one
-kernel. Result dtypes follow NumPy's rules for the book's expressions, e.g. float32 images
+kernel; ``MulLayer`` and ``AddLayer`` are the book's own classes (plain scalar or ufunc
+arithmetic, which no kernel call could beat), re-exported from ``fastbp.reference``.
+Result dtypes follow NumPy's rules for the book's expressions, e.g. float32 images
 through float64 weights give float64 outputs. Differences from the book, all deliberate:
 
 - inputs are never modified (the book's ``Relu.backward`` zeroes ``dout`` in place);
@@ -26,37 +28,9 @@ from fastbp.kernels import (
     softmax_ce_backward,
     softmax_ce_forward,
 )
+from fastbp.reference import AddLayer, MulLayer
 
-
-class MulLayer:
-    """out = x * y for scalars or broadcastable arrays (the book's shopping example)."""
-
-    def __init__(self):
-        self.x = None
-        self.y = None
-
-    def forward(self, x, y):
-        self.x = x
-        self.y = y
-        return x * y
-
-    def backward(self, dout):
-        """Returns (dx, dy) = (dout * y, dout * x)."""
-        return dout * self.y, dout * self.x
-
-
-class AddLayer:
-    """out = x + y for scalars or broadcastable arrays."""
-
-    def __init__(self):
-        pass
-
-    def forward(self, x, y):
-        return x + y
-
-    def backward(self, dout):
-        """Returns (dx, dy) = (dout, dout), as new objects."""
-        return dout * 1, dout * 1
+__all__ = ["AddLayer", "Affine", "MulLayer", "Relu", "Sigmoid", "SoftmaxWithLoss"]
 
 
 def _flat(a):

@@ -94,6 +94,8 @@ def softmax_ce_backward(y, t, dout=1.0):
 
 
 class MulLayer:
+    """out = x * y for scalars or broadcastable arrays (the book's shopping example)."""
+
     def __init__(self):
         self.x = None
         self.y = None
@@ -108,6 +110,8 @@ class MulLayer:
 
 
 class AddLayer:
+    """out = x + y for scalars or broadcastable arrays; backward returns (dout, dout)."""
+
     def forward(self, x, y):
         return x + y
 
