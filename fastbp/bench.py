@@ -40,8 +40,9 @@ from fastbp.kernels import optimizers as update_kernels
 
 IMPLS = benchcases.IMPLS
 OTHER_FRAMEWORKS = {"torch": benchcases.torch_step, "jax": benchcases.jax_step}
-# Train-step columns besides fastbp and reference: the fused step, then other frameworks.
-STEP_COLUMNS = {"fused": benchcases.fused_step}
+# Train-step columns besides fastbp and reference: the fused step, the layer-by-layer
+# step, then other frameworks.
+STEP_COLUMNS = {"fused": benchcases.fused_step, "layers": benchcases.layers_step}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -381,9 +382,12 @@ def section_table(section, rows, frameworks):
     headers = [section, "dtype", "fastbp", "reference", "speed-up"]
     keys = [("fastbp", fmt_time), ("reference", fmt_time), ("speedup", _ratio)]
     if section == "train":
-        headers += ["fused", "speed-up", "bare GEMM", "fastbp/GEMM", "fused/GEMM", "ref/GEMM"]
-        keys += [("fused", fmt_time), ("fused_speedup", _ratio), ("gemm", fmt_time)]
-        keys += [(f"{name}_per_gemm", _ratio) for name in ("fastbp", "fused", "reference")]
+        headers += ["fused", "speed-up", "layers", "speed-up", "bare GEMM"]
+        keys += [("fused", fmt_time), ("fused_speedup", _ratio)]
+        keys += [("layers", fmt_time), ("layers_speedup", _ratio), ("gemm", fmt_time)]
+        compared = {"fastbp": "fastbp", "fused": "fused", "layers": "layers", "reference": "ref"}
+        headers += [f"{short}/GEMM" for short in compared.values()]
+        keys += [(f"{name}_per_gemm", _ratio) for name in compared]
         headers += list(frameworks)
         keys += [(name, fmt_time) for name in frameworks]
     body = [

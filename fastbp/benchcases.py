@@ -10,6 +10,8 @@ kernels' contract) against the allocating ``fastbp.reference`` functions; layer 
 the drop-in classes against the book's classes, so they are the like-for-like comparison.
 """
 
+import functools
+
 import numba
 import numpy as np
 
@@ -208,24 +210,41 @@ def two_layer_net(impl, hidden, dtype, seed=0):
     net = nets.TwoLayerNet(INPUT_SIZE, hidden, CLASSES, dtype=dt, rng=seed)
     if impl == "fastbp":
         return net
-    book = reference.TwoLayerNet(INPUT_SIZE, hidden, CLASSES)
-    # The book's net is float64 only: give it the same params and point its layers at them.
-    book.params = net.params
+    # The book's net is float64 only: give it the same params of the right dtype.
+    return _on_params(reference.TwoLayerNet(INPUT_SIZE, hidden, CLASSES), net.params)
+
+
+def _on_params(net, params):
+    """``net`` (Affine1, Affine2 layers, as in the book) made to train ``params`` in place."""
+    net.params = params
     for i in (1, 2):
-        affine = book.layers[f"Affine{i}"]
-        affine.W, affine.b = book.params[f"W{i}"], book.params[f"b{i}"]
-    return book
+        affine = net.layers[f"Affine{i}"]
+        affine.W, affine.b = params[f"W{i}"], params[f"b{i}"]
+    return net
 
 
-def sgd_step(net, x, t, lr=LEARNING_RATE):
-    """The book's training step: backprop gradients, then params[key] -= lr * grads[key]."""
+def sgd_step(net, x, t, lr=LEARNING_RATE, gradient=None):
+    """The book's training step: backprop gradients, then params[key] -= lr * grads[key].
+
+    ``gradient(x, t)`` gives the gradients; None means ``net.gradient``.
+    """
+    gradient = gradient or net.gradient
 
     def step():
-        grads = net.gradient(x, t)
+        grads = gradient(x, t)
         for key in PARAM_KEYS:
             net.params[key] -= lr * grads[key]
 
     return step
+
+
+def layers_step(params, x, t, lr=LEARNING_RATE):
+    """The step of a fastbp TwoLayerNet run through its drop-in layers one by one
+    (``nets.LayerNet.gradient``: never the fused kernel); updates ``params`` in place."""
+    W1, W2 = params["W1"], params["W2"]
+    net = nets.TwoLayerNet(W1.shape[0], W1.shape[1], W2.shape[1], dtype=W1.dtype)
+    _on_params(net, params)
+    return sgd_step(net, x, t, lr, functools.partial(nets.LayerNet.gradient, net))
 
 
 def fused_step(params, x, t, lr=LEARNING_RATE):

@@ -33,7 +33,9 @@ def test_quick_json_rows_have_medians_and_ratios(tmp_path, capsys):
         assert row["gemm"] == pytest.approx(sum(row["gemm_parts"].values()))
         assert row["fastbp_per_gemm"] == pytest.approx(row["fastbp"] / row["gemm"])
         assert row["reference_per_gemm"] == pytest.approx(row["reference"] / row["gemm"])
-        assert row["fused_speedup"] == pytest.approx(row["reference"] / row["fused"])
+        for name in ("fused", "layers"):
+            assert row[f"{name}_speedup"] == pytest.approx(row["reference"] / row[name])
+            assert row[f"{name}_per_gemm"] == pytest.approx(row[name] / row["gemm"])
     assert result["machine"]["cpu_count"] >= 1
     out = capsys.readouterr().out
     assert "speed-up" in out and "bare GEMM" in out and "fused/GEMM" in out
@@ -149,12 +151,14 @@ def test_train_step_same_update_for_every_impl(dtype):
     np.testing.assert_array_equal(start, nets["reference"].params["W2"])
     fused = {key: value.copy() for key, value in nets["fastbp"].params.items()}
     benchcases.fused_step(fused, x, t)()
+    by_layers = {key: value.copy() for key, value in nets["fastbp"].params.items()}
+    benchcases.layers_step(by_layers, x, t)()
     for net in nets.values():
         benchcases.sgd_step(net, x, t)()
     tol = 1e-5 if dtype == "float32" else 1e-12
     for key in benchcases.PARAM_KEYS:
         ref = nets["reference"].params[key]
-        for got in (nets["fastbp"].params[key], fused[key]):
+        for got in (nets["fastbp"].params[key], fused[key], by_layers[key]):
             assert got.dtype == ref.dtype == np.dtype(dtype)
             np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
     assert not np.array_equal(nets["fastbp"].params["W2"], start)
