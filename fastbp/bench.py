@@ -37,6 +37,7 @@ import numpy as np
 from fastbp import benchcases, kernels
 from fastbp.kernels import CROSSOVER
 from fastbp.kernels import optimizers as update_kernels
+from fastbp.kernels.dispatch import NEVER
 
 IMPLS = benchcases.IMPLS
 OTHER_FRAMEWORKS = {"torch": benchcases.torch_step, "jax": benchcases.jax_step}
@@ -327,7 +328,7 @@ def crossover_rows(settings, name_filter):
                 {
                     "kernel": name,
                     "dtype": dtype,
-                    "current": CROSSOVER[name],
+                    "current": None if CROSSOVER[name] == NEVER else CROSSOVER[name],
                     "measured": measured_crossover(ladder),
                     "ladder": ladder,
                 }
@@ -347,9 +348,11 @@ def fmt_time(seconds):
 
 
 def fmt_size(n):
-    """1024 -> '1K', 4194304 -> '4M'; None -> 'none'."""
+    """1024 -> '1K', 4194304 -> '4M'; None -> 'none'; NEVER -> 'never'."""
     if n is None:
         return "none"
+    if n == NEVER:
+        return "never"
     for unit, scale in (("M", 1 << 20), ("K", 1 << 10)):
         if n >= scale and n % scale == 0:
             return f"{n // scale}{unit}"

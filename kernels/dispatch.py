@@ -19,37 +19,38 @@ measured to stall a call by 10-16 ms (a 1M-element ReLU: ~0.1 ms serial); there,
 
 import contextlib
 import contextvars
+import math
 import os
 import types
 
 from numba import njit
 
 # Elements of the first argument at which the parallel build starts to win (2 cores).
-# Core kernels measured 2026-11-23 (numba 0.68.1, znver4, default GNU OpenMP spin): serial
-# and parallel builds interleaved over 2^11..2^22 elements, float32 and float64 (softmax
-# with 10 classes), 9 rounds; the smallest power of two where the fastest parallel time
-# beats the fastest serial one for both dtypes, rounded up where they disagree because a
-# parallel region on a busy 2-core machine can stall for a whole scheduler slice.
-# Affine: the GEMMs run on BLAS threads either way and the parallel loops only add the bias
-# / sum db, so the parallel build saves little and its spinning threads slow the BLAS
-# threads; it won no clear race up to 4M outputs, so it starts only at 1M outputs (the
-# fused train step's threshold, so tests need no larger arrays to reach every parallel path).
+# Measured 2026-11-23 on an idle machine with ``fastbp bench --crossover`` (numba 0.68.1,
+# znver4, GNU OpenMP, NumPy/SciPy OpenBLAS with 2 threads): serial and parallel builds
+# timed alternately over 1K..4M elements, float32 and float64 (softmax with 10 classes);
+# each value is the smallest power of two where the parallel build is >= 1.05x the serial
+# one for both dtypes (float32 needs about twice the elements of float64: same bytes).
+# NEVER: kernels whose work is BLAS calls (affine, the fused train step). Their parallel
+# loops only add a bias or sum a column, and from 32K elements on, where OpenBLAS starts
+# its own threads, the spinning OpenMP workers slowed the GEMMs 5-200x; below that the
+# parallel build was 0.5-0.95x. On 2 cores the parallel build never won, so it is not used
+# (``force_path("parallel")`` still runs it; tests do).
+NEVER = math.inf
 CROSSOVER = {
-    "affine_forward": 1 << 20,
-    "affine_backward": 1 << 20,
+    "affine_forward": NEVER,
+    "affine_backward": NEVER,
     "relu_forward": 1 << 16,
     "relu_backward": 1 << 16,
-    "sigmoid_forward": 1 << 14,
-    "sigmoid_backward": 1 << 16,
-    "softmax_ce_forward": 1 << 13,
+    "sigmoid_forward": 1 << 15,
+    "sigmoid_backward": 1 << 15,
+    "softmax_ce_forward": 1 << 12,
     "softmax_ce_backward": 1 << 15,
-    # Optimizer updates (kernels/optimizers.py): first guesses, not yet measured.
-    "sgd_update": 1 << 16,
-    "momentum_update": 1 << 16,
-    "adagrad_update": 1 << 16,
-    "adam_update": 1 << 16,
-    # Fused two-layer train step (kernels/train_step.py), by elements of the batch x.
-    "train_step": 1 << 20,
+    "sgd_update": 1 << 15,
+    "momentum_update": 1 << 14,
+    "adagrad_update": 1 << 15,
+    "adam_update": 1 << 14,
+    "train_step": NEVER,
 }
 
 # Largest fraction of nonzeros in x at which the fused train step's sparse first layer

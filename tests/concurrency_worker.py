@@ -15,13 +15,14 @@ import threading
 import numba
 import numpy as np
 from fastbp.kernels import CROSSOVER, dispatch, force_path, relu_forward
+from fastbp.kernels.dispatch import NEVER
 
 from fastbp import layers
 
 COLS = 256
 # Enough rows that every kernel's first argument is above its crossover: the default
-# dispatch would choose the parallel build for all of them.
-ROWS = 2 * max(CROSSOVER.values()) // COLS
+# dispatch would choose the parallel build for all of them (but those never parallel).
+ROWS = 2 * max(v for v in CROSSOVER.values() if v != NEVER) // COLS
 DTYPES = (np.float32, np.float64)
 
 
