@@ -117,6 +117,11 @@ class Twin:
         return self.parallel
 
     def __call__(self, *args):
+        # pick(), inlined for the common case: this runs on every layer call.
+        if _forced.get() is None and not _forked_child:
+            if args[0].size < CROSSOVER[self.name]:
+                return self.serial(*args)
+            return self.parallel(*args)
         return self.pick(args[0].size)(*args)
 
 
