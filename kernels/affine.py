@@ -5,7 +5,7 @@ All arrays are C-contiguous and share one float dtype (float32 or float64); the 
 parallel loop, so BLAS threads and Numba threads never run at the same time.
 """
 
-import numpy as np
+from fastbp.kernels.blas import gemm
 from fastbp.kernels.dispatch import twin
 from numba import prange
 
@@ -16,7 +16,7 @@ COLUMN_BLOCK = 64
 @twin
 def affine_forward(out, x, W, b):
     """out[N, M] = x[N, K] @ W[K, M] + b[M], written in place."""
-    np.dot(x, W, out)
+    gemm(x, W, out, False, False)
     for i in prange(out.shape[0]):
         for j in range(out.shape[1]):
             out[i, j] += b[j]
@@ -26,8 +26,8 @@ def affine_forward(out, x, W, b):
 def affine_backward(dout, x, W, dx, dW, db, need_dx):
     """dx[N, K] = dout @ W.T (if ``need_dx``), dW[K, M] = x.T @ dout, db[M] = dout summed."""
     if need_dx:
-        np.dot(dout, W.T, dx)
-    np.dot(x.T, dout, dW)
+        gemm(dout, W, dx, False, True)
+    gemm(x, dout, dW, True, False)
     n, m = dout.shape
     # Each task owns a block of columns, so no two threads add into the same db entry.
     for block in prange((m + COLUMN_BLOCK - 1) // COLUMN_BLOCK):

@@ -25,6 +25,7 @@ arrays are C-contiguous; the labels t[N] are class indices (intp) in [0, C), val
 """
 
 import numpy as np
+from fastbp.kernels.blas import gemm
 from fastbp.kernels.dispatch import FASTMATH, twin
 from fastbp.kernels.softmax_ce import LOG_EPS, softmax_row
 from numba import njit, prange
@@ -171,13 +172,13 @@ def train_step(
             for i in prange(n):
                 for j in range(k):
                     xw[i, j] = x[i, j]
-        np.dot(xw, W1, z1)
+        gemm(xw, W1, z1, False, False)
     for i in prange(n):
         for j in range(h):
             v = z1[i, j] + b1[j]
             z1[i, j] = 0 if v <= 0 else v
     # -- second layer, softmax, cross-entropy ----------------------------------------
-    np.dot(z1, W2, dy)
+    gemm(z1, W2, dy, False, False)
     scale = 1.0 / n
     loss = 0.0
     for i in prange(n):
@@ -193,8 +194,8 @@ def train_step(
     for i in range(n):
         for j in range(c):
             db2[j] += dy[i, j]
-    np.dot(z1.T, dy, dW2)
-    np.dot(dy, W2.T, dz1)
+    gemm(z1, dy, dW2, True, False)
+    gemm(dy, W2, dz1, False, True)
     # -- back through the ReLU: mask and db1 column sums, one task per column block ----
     for b in prange((h + block - 1) // block):
         lo = b * block
@@ -218,7 +219,7 @@ def train_step(
                     for j in range(h):
                         W1[r, j] -= lr * dW1[r, j]
     else:
-        np.dot(xw.T, dz1, dW1)
+        gemm(xw, dz1, dW1, True, False)
         if update:
             for r in prange(k):
                 for j in range(h):
