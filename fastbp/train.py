@@ -104,8 +104,9 @@ def train(
 def blas_threads(n):
     """Context manager: at most ``n`` BLAS threads inside the ``with`` block.
 
-    The BLAS that Numba's ``np.dot`` calls (SciPy's) is loaded first, so the limit
-    reaches it even before any kernel has run.
+    Limits every BLAS loaded: NumPy's, which fastbp's kernels call (``kernels/blas.py``),
+    and SciPy's, which Numba loads (and which the kernels use only on a NumPy without an
+    ILP64 CBLAS); SciPy's is loaded first so that the limit reaches it too.
     """
     import scipy.linalg.cython_blas  # noqa: F401  (loads the library threadpoolctl limits)
     from threadpoolctl import threadpool_limits
