@@ -39,6 +39,22 @@ def float_array(name, a, ndim=None, min_ndim=0):
     return a
 
 
+def updatable(name, p, ndim=None):
+    """``p`` itself, checked to be updatable in place: a writable, C-contiguous,
+    native-byte-order float32/float64 ndarray (no conversion: the caller's array is it)."""
+    if not isinstance(p, np.ndarray):
+        raise TypeError(
+            f"{name} must be a NumPy array (it is updated in place), got {type(p).__name__}"
+        )
+    float_array(name, p, ndim=ndim)
+    if not (p.flags.c_contiguous and p.flags.writeable and p.dtype.isnative):
+        raise ValueError(
+            f"{name} must be a writable C-contiguous array in native byte order "
+            "to be updated in place"
+        )
+    return p
+
+
 def batch(name, a, min_ndim=1):
     """A float array whose first axis is a non-empty batch."""
     a = float_array(name, a, min_ndim=min_ndim)

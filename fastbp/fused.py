@@ -28,11 +28,7 @@ def _params(W1, b1, W2, b2):
     """The four params, checked: one float dtype, consistent shapes, C-contiguous."""
     params = dict(zip(PARAM_NAMES, (W1, b1, W2, b2), strict=True))
     for name, p in params.items():
-        if not isinstance(p, np.ndarray):
-            raise TypeError(f"{name} must be a NumPy array (it is updated in place)")
-        checks.float_array(name, p, ndim=2 if name[0] == "W" else 1)
-        if not (p.flags.c_contiguous and p.flags.writeable and p.dtype.isnative):
-            raise ValueError(f"{name} must be a writeable, C-contiguous, native-order array")
+        checks.updatable(name, p, ndim=2 if name[0] == "W" else 1)
         if p.dtype != W1.dtype:
             raise TypeError(f"{name} has dtype {p.dtype}, expected {W1.dtype} like W1")
     k, h = W1.shape

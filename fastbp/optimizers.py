@@ -30,14 +30,7 @@ def _validated(params, grads):
             raise TypeError(f"{name} must be a dict of arrays, got {type(arrays).__name__}")
     pairs = []
     for key, p in params.items():
-        if not isinstance(p, np.ndarray):
-            raise TypeError(f"params[{key!r}] must be a NumPy array, got {type(p).__name__}")
-        checks.float_array(f"params[{key!r}]", p)
-        if not (p.flags.c_contiguous and p.flags.writeable and p.dtype.isnative):
-            raise ValueError(
-                f"params[{key!r}] must be a writable C-contiguous array in native byte order "
-                "to be updated in place"
-            )
+        checks.updatable(f"params[{key!r}]", p)
         if key not in grads:
             raise ValueError(f"grads has no entry for params[{key!r}]")
         g = checks.float_array(f"grads[{key!r}]", grads[key])
