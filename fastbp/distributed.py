@@ -131,12 +131,15 @@ def abort(comm, exc):
     """Print ``exc`` with the rank, then end every rank of the job (MPI_Abort).
 
     Writes to the process's real stderr, which ``init_rank`` leaves open on every rank.
+    The one-line message goes first and is flushed on its own: when MPI_Abort tears the
+    job down, mpiexec may drop the tail of what a rank wrote (seen: a cut traceback).
     """
-    traceback.print_exception(exc, file=sys.__stderr__)
     sys.__stderr__.write(
         f"fastbp: rank {comm.rank} of {comm.size} failed: {type(exc).__name__}: {exc}; "
         "aborting all ranks\n"
     )
+    sys.__stderr__.flush()
+    traceback.print_exception(exc, file=sys.__stderr__)
     sys.__stderr__.flush()
     comm.Abort(1)
 
