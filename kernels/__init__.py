@@ -4,6 +4,8 @@ Each kernel writes into arrays the caller allocates and checks nothing: the laye
 ``fastbp.layers`` validate shapes, dtypes and label ranges before calling one.
 """
 
+# First: sets the OpenMP spin policy before any parallel region starts the runtime.
+from fastbp.kernels import threads  # noqa: F401  isort: skip
 from fastbp.kernels.affine import affine_backward, affine_forward
 from fastbp.kernels.dispatch import CROSSOVER, force_path
 from fastbp.kernels.relu import relu_backward, relu_forward

@@ -129,15 +129,15 @@ def test_buffers_are_reused(rng):
     x = sparse_batch(rng, n, k, np.float32)
     t = labels(rng, n, c, False)
     first = step.gradient(x, t)
-    buffers = [id(b) for b in (step._z1, step._dy, step._dz1, step._nz, step._xw)]
+    buffers = {name: id(b) for name, b in step._work.items()}
     ids = {name: id(g) for name, g in first.items()}
     for batch in (n, n - 4, n):  # same size, smaller, same again
         grads = step.gradient(x[:batch], t[:batch])
         assert {name: id(g) for name, g in grads.items()} == ids
         step.sgd_step(x[:batch], t[:batch], 0.1)
-        assert [id(b) for b in (step._z1, step._dy, step._dz1, step._nz, step._xw)] == buffers
+        assert {name: id(b) for name, b in step._work.items()} == buffers
     step.gradient(np.vstack([x, x]), np.concatenate([t, t]))  # larger: enlarged once
-    assert id(step._z1) not in buffers
+    assert id(step._work["z1"]) != buffers["z1"]
 
 
 def test_fresh_gradients_on_request(rng):
