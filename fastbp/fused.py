@@ -23,11 +23,10 @@ count against ``SPARSE_DENSITY`` and gives the dense path's results to rounding.
 
 import threading
 
-import numba
 import numpy as np
 
 from fastbp import checks
-from fastbp.kernels.blas import PARALLEL_BLAS
+from fastbp.kernels.blas import plan
 from fastbp.kernels.dispatch import SPARSE_DENSITY
 from fastbp.kernels.train_step import train_step
 
@@ -143,9 +142,7 @@ class TwoLayerStep:
             max_nnz = int(SPARSE_DENSITY[dtype.name] * n * k) if sparse == "auto" else -1
             if sparse is True:
                 max_nnz = n * k
-            build = train_step.pick(x.size)
-            parallel = build is train_step.parallel and PARALLEL_BLAS
-            blocks = numba.get_num_threads() if parallel else 1
+            build, blocks = plan(train_step, x.size)
             cast = x.dtype != dtype
             buf = self._buffer
             xw = buf("xw", x.shape, dtype) if cast else x

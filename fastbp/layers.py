@@ -19,8 +19,7 @@ import numpy as np
 
 from fastbp import checks
 from fastbp.kernels import (
-    affine_backward,
-    affine_forward,
+    affine,
     relu_backward,
     relu_forward,
     sigmoid_backward,
@@ -99,7 +98,7 @@ class Affine:
         self.original_x_shape = None
         self.dW = None
         self.db = None
-        self._x = None  # self.x in the compute dtype, C-contiguous
+        self._x = None  # self.x, C-contiguous
 
     def _params(self):
         W = checks.float_array("W", self.W, ndim=2)
@@ -122,9 +121,9 @@ class Affine:
         W, b = checks.computable(W, dtype), checks.computable(b, dtype)
         # State changes only after validation, so a rejected x leaves backward consistent.
         self.original_x_shape, self.x = x.shape, flat
-        self._x = checks.computable(flat, dtype)
+        self._x = checks.computable(flat, None)  # float32 x is cast by rows in the kernel
         out = np.empty((self._x.shape[0], W.shape[1]), dtype)
-        affine_forward(out, self._x, W, b)
+        affine.forward(out, self._x, W, b)
         return out
 
     def backward(self, dout):
@@ -142,7 +141,7 @@ class Affine:
         dx = np.empty((n, k), dtype)
         dW = np.empty((k, m), dtype)
         db = np.empty(m, dtype)
-        affine_backward(d, x, W, dx, dW, db, True)
+        affine.backward(d, x, W, dx, dW, db, True)
         # NumPy's dtypes for the book's expressions: dW = x.T @ dout, db = sum(dout).
         self.dW = dW.astype(np.result_type(self.x, dout), copy=False)
         self.db = db.astype(dout.dtype, copy=False)

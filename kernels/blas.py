@@ -26,9 +26,10 @@ import ctypes
 import os
 
 import llvmlite.binding as ll
+import numba
 import numpy as np
 from llvmlite import ir
-from numba import carray, cfunc, types
+from numba import carray, cfunc, njit, types
 from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic, overload
@@ -217,3 +218,21 @@ def _gemm(a, b, out, trans_a, trans_b, own_thread=False):
         _call(a, b, out, trans_a, trans_b, m, n, k, own_thread)
 
     return impl
+
+
+@njit(inline="always", cache=True, nogil=True)
+def block_of(p, blocks, n):
+    """[lo, hi) of block p when n items are cut into ``blocks`` near-equal blocks."""
+    size = -(-n // blocks)
+    lo = min(p * size, n)
+    return lo, min(lo + size, n)
+
+
+def plan(kernel, size):
+    """(build, blocks) for a GEMM kernel ``Twin`` on a first argument of ``size``
+    elements: the parallel build splits the work over every Numba thread, each with its
+    own single-threaded BLAS; the serial build runs one block on NumPy's BLAS threads."""
+    build = kernel.pick(size)
+    if build is kernel.parallel and PARALLEL_BLAS:
+        return build, numba.get_num_threads()
+    return build, 1

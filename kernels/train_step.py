@@ -31,7 +31,7 @@ arrays are C-contiguous; the labels t[N] are class indices (intp) in [0, C), val
 """
 
 import numpy as np
-from fastbp.kernels.blas import gemm
+from fastbp.kernels.blas import block_of, gemm
 from fastbp.kernels.dispatch import FASTMATH, twin
 from fastbp.kernels.softmax_ce import LOG_EPS, softmax_row
 from numba import njit, prange
@@ -117,14 +117,6 @@ def transpose_nonzeros(rowptr, cols, colptr, rows):
     for c in range(colptr.size - 1, 0, -1):  # ... and is shifted back afterwards
         colptr[c] = colptr[c - 1]
     colptr[0] = 0
-
-
-@jit
-def block_of(p, blocks, n):
-    """[lo, hi) of block p when n items are cut into ``blocks`` near-equal blocks."""
-    size = -(-n // blocks)
-    lo = min(p * size, n)
-    return lo, min(lo + size, n)
 
 
 @jit
