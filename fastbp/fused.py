@@ -142,7 +142,7 @@ class TwoLayerStep:
             max_nnz = int(SPARSE_DENSITY[dtype.name] * n * k) if sparse == "auto" else -1
             if sparse is True:
                 max_nnz = n * k
-            build, blocks = plan(train_step, x.size)
+            build, blocks, own = plan(train_step, x.size * h)
             cast = x.dtype != dtype
             buf = self._buffer
             xw = buf("xw", x.shape, dtype) if cast else x
@@ -153,7 +153,7 @@ class TwoLayerStep:
             parts += (buf("db2p", (blocks, c), dtype), buf("lossp", (blocks,), np.float64))
             loss = build(
                 x, xw, cast, t, W1, b1, W2, b2, dtype.type(lr), update, max_nnz, nz,
-                z1, y, dy, dz1, *g, *parts,
+                z1, y, dy, dz1, *g, *parts, own,
             )  # fmt: skip
             self.loss = dtype.type(loss)
             self.hidden, self.probs = z1, y

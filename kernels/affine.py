@@ -43,13 +43,12 @@ def _rows_in_dtype(x, xw, lo, hi, at):
 
 
 @twin
-def affine_forward(out, x, W, b, xw, blocks):
+def affine_forward(out, x, W, b, xw, blocks, own):
     """out[N, M] = x[N, K] @ W[K, M] + b[M], written in place, on ``blocks`` blocks of
     rows. xw: None when x has W's dtype, else a scratch xw[blocks * CAST_ROWS, K] in W's
     dtype where each block casts CAST_ROWS of its rows of x at a time (no full-size copy
-    of x)."""
+    of x). ``own``: each block on the private single-threaded BLAS (``blas.plan``)."""
     n = x.shape[0]
-    own = blocks > 1
     for p in prange(blocks):
         lo, hi = block_of(p, blocks, n)
         step = max(hi - lo, 1) if xw is None else CAST_ROWS
@@ -63,14 +62,13 @@ def affine_forward(out, x, W, b, xw, blocks):
 
 
 @twin
-def affine_backward(dout, x, W, dx, dW, db, need_dx, dbp):
+def affine_backward(dout, x, W, dx, dW, db, need_dx, dbp, own):
     """dx[N, K] = dout @ W.T (if ``need_dx``), dW[K, M] = x.T @ dout, db[M] = dout summed,
     on P = dbp.shape[0] blocks: block p computes its rows of dx and of dW and its share
-    of db into dbp[p] (summed after, in block order)."""
+    of db into dbp[p] (summed after, in block order); ``own`` as in affine_forward."""
     n, m = dout.shape
     k = x.shape[1]
     blocks = dbp.shape[0]
-    own = blocks > 1
     for p in prange(blocks):
         lo, hi = block_of(p, blocks, n)
         if need_dx:
@@ -92,12 +90,12 @@ def affine_backward(dout, x, W, dx, dW, db, need_dx, dbp):
 def forward(out, x, W, b):
     """``affine_forward`` on the blocks ``blas.plan`` picks: x[N, K] (float32 or W's
     dtype, C-contiguous), W[K, M], b[M], out[N, M] in W's dtype."""
-    build, blocks = plan(affine_forward, out.size)
+    build, blocks, own = plan(affine_forward, out.size * x.shape[1])
     xw = np.empty((blocks * CAST_ROWS, x.shape[1]), W.dtype) if x.dtype != W.dtype else None
-    build(out, x, W, b, xw, blocks)
+    build(out, x, W, b, xw, blocks, own)
 
 
 def backward(dout, x, W, dx, dW, db, need_dx):
     """``affine_backward`` on the blocks ``blas.plan`` picks (arrays of one dtype)."""
-    build, blocks = plan(affine_backward, dout.size + x.size)
-    build(dout, x, W, dx, dW, db, need_dx, np.empty((blocks, db.size), db.dtype))
+    build, blocks, own = plan(affine_backward, dout.size * x.shape[1])
+    build(dout, x, W, dx, dW, db, need_dx, np.empty((blocks, db.size), db.dtype), own)

@@ -229,10 +229,16 @@ def block_of(p, blocks, n):
 
 
 def plan(kernel, size):
-    """(build, blocks) for a GEMM kernel ``Twin`` on a first argument of ``size``
-    elements: the parallel build splits the work over every Numba thread, each with its
-    own single-threaded BLAS; the serial build runs one block on NumPy's BLAS threads."""
+    """(build, blocks, own) for a GEMM kernel ``Twin`` doing ``size`` multiply-adds (its
+    largest product's N * K * M; ``CROSSOVER`` holds them for these kernels).
+
+    With several Numba threads every GEMM runs on the private single-threaded BLAS
+    (``own``): the parallel build gives each thread its block, the serial build (small
+    work) one block, and NumPy's BLAS threads, never woken, never spin against Numba's.
+    With one Numba thread (``NUMBA_NUM_THREADS=1``) one block runs on NumPy's BLAS and
+    its threads, as NumPy itself would."""
+    threads = numba.get_num_threads()
+    if not PARALLEL_BLAS or threads == 1:
+        return kernel.serial, 1, False
     build = kernel.pick(size)
-    if build is kernel.parallel and PARALLEL_BLAS:
-        return build, numba.get_num_threads()
-    return build, 1
+    return build, threads if build is kernel.parallel else 1, True

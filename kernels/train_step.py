@@ -176,16 +176,16 @@ def output_layer(t, W2, b2, z1, y, dy, dz1, dW2p, db1p, db2p, lo, hi, scale, own
 @twin
 def train_step(
     x, xw, cast, t, W1, b1, W2, b2, lr, update, max_nnz, nz,
-    z1, y, dy, dz1, dW1, db1, dW2, db2, dW2p, db1p, db2p, lossp,
+    z1, y, dy, dz1, dW1, db1, dW2, db2, dW2p, db1p, db2p, lossp, own,
 ):  # fmt: skip
     """Loss of the batch; gradients into dW1, db1, dW2, db2 (and params -= lr * grads if
     ``update``; then the sparse path skips the dW1 rows of all-zero columns of x, as the
     update does). z1[N, H], y[N, C], dy[N, C], dz1[N, H] end as the hidden activations,
     the softmax output, dLoss/dlogits and dLoss/dz1; dW2p[P, H, C], db1p[P, H],
-    db2p[P, C], lossp[P] are the blocks' partial sums."""
+    db2p[P, C], lossp[P] are the blocks' partial sums. ``own``: the GEMMs on the private
+    single-threaded BLAS (``blas.plan``)."""
     n, k = x.shape
     blocks = dW2p.shape[0]
-    own = blocks > 1  # several blocks at once: each on its own thread's BLAS
     rowptr, colptr = nz[: n + 1], nz[n + 1 : n + k + 2]
     cap = max(max_nnz, 0)
     cols, rows = nz[n + k + 2 : n + k + 2 + n + cap], nz[n + k + 2 + n + cap :]

@@ -110,7 +110,9 @@ def test_affine_forward(rng, dtype, shape, blocks):
     n, k, m = shape
     x, W, b = normal(rng, (n, k), dtype), normal(rng, (k, m), dtype), normal(rng, m, dtype)
     out = np.empty((n, m), dtype)
-    (out,), _ = run_builds(kernels.affine_forward, (out, x, W, b, None, blocks), {0: out})
+    (out,), _ = run_builds(
+        kernels.affine_forward, (out, x, W, b, None, blocks, blocks > 1), {0: out}
+    )
     assert_close(out, ref.affine_forward(x, W, b), rtol_for(dtype))
 
 
@@ -123,7 +125,7 @@ def test_affine_forward_casts_float32_rows_by_blocks(rng, shape, blocks):
     x = normal(rng, (n, k), np.float32)
     W, b = normal(rng, (k, m), np.float64), normal(rng, m, np.float64)
     out, scratch = np.empty((n, m)), np.empty((blocks * affine.CAST_ROWS, k))
-    args = (out, x, W, b, scratch, blocks)
+    args = (out, x, W, b, scratch, blocks, blocks > 1)
     (out, _), _ = run_builds(kernels.affine_forward, args, {0: out, 4: scratch})
     assert_close(out, ref.affine_forward(x, W, b), rtol_for(np.float64))
 
@@ -135,7 +137,7 @@ def test_affine_backward(rng, dtype, shape, need_dx, blocks):
     n, k, m = shape
     dout, x, W = normal(rng, (n, m), dtype), normal(rng, (n, k), dtype), normal(rng, (k, m), dtype)
     dx, dW, db = np.empty((n, k), dtype), np.empty((k, m), dtype), np.empty(m, dtype)
-    args = (dout, x, W, dx, dW, db, need_dx, np.empty((blocks, m), dtype))
+    args = (dout, x, W, dx, dW, db, need_dx, np.empty((blocks, m), dtype), blocks > 1)
     outputs = {3: dx, 4: dW, 5: db, 7: args[7]}
     (dx, dW, db, _), _ = run_builds(kernels.affine_backward, args, outputs)
     expected_dx, expected_dW, expected_db = ref.affine_backward(dout, x, W)
