@@ -227,27 +227,19 @@ def run_train(args):
 
 def configure_bench(parser, load):
     """Set up ``fastbp bench`` from fastbp.bench, imported only when bench is the command."""
-    parser.set_defaults(handler=bench_missing)
-    if not load:
-        return
-    try:
+    if load:
         from fastbp import bench
-    except ModuleNotFoundError as e:
-        if e.name != "fastbp.bench":
-            raise
-        return
-    bench.configure_parser(parser)
-    parser.set_defaults(handler=bench.main)
 
-
-def bench_missing(args):
-    print("fastbp bench: fastbp.bench is not installed in this version", file=sys.stderr)
-    return 2
+        bench.configure_parser(parser)
+        parser.set_defaults(handler=bench.main)
 
 
 def parser_for(argv):
     """The ``fastbp`` parser; fastbp.bench is imported only when argv starts with bench."""
+    from fastbp import __version__
+
     parser = argparse.ArgumentParser(prog="fastbp", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"fastbp {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     configure_train(
         commands.add_parser(
@@ -257,7 +249,15 @@ def parser_for(argv):
         )
     )
     configure_bench(
-        commands.add_parser("bench", help="benchmarks against the NumPy layers"),
+        commands.add_parser(
+            "bench",
+            help="benchmarks against the book's NumPy code",
+            description="Time fastbp against the book's NumPy code in one process, by "
+            "section: kernels, layers, train steps, the book's ch05 training loop "
+            "(userloop), other frameworks (peers), serial/parallel crossovers and "
+            "data-parallel training (distributed). Prints tables; --json writes the rows "
+            "that python -m fastbp.report turns into the docs' tables.",
+        ),
         load=argv[:1] == ["bench"],
     )
     return parser
