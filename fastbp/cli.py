@@ -184,6 +184,7 @@ def run_train(args):
         disable=args.no_progress,
         leave=False,
         dynamic_ncols=True,
+        smoothing=0,  # the average rate of the steps: what the epoch lines print
     )
 
     def on_step(step, loss, samples):
@@ -195,6 +196,8 @@ def run_train(args):
         steps = len(history.loss) // epoch
         loss = float(np.mean(history.loss[-steps:]))
         rate = history.epoch_samples[-1] / history.epoch_seconds[-1]
+        if not bar.disable:  # the bar's rate leaves the evaluation out too
+            bar.start_t += history.eval_seconds[-1]
         bar.write(
             f"epoch {epoch:{len(str(args.epochs))}d}/{args.epochs}  loss {loss:.4f}  "
             f"train acc {history.train_acc[-1]:.4f}  test acc {history.test_acc[-1]:.4f}"
@@ -208,6 +211,7 @@ def run_train(args):
         # a gradient leaves the parameters as they are.
         net.gradient(x[: args.batch].astype(args.dtype), t[: args.batch])
         bar.write(f"kernels ready in {time.perf_counter() - start:.1f} s", file=sys.stdout)
+        bar.reset()  # the bar's clock starts with the steps
         history = train(net, optimizer, data, args.batch, args.epochs, order_rng, on_step, on_epoch)
     elapsed = time.perf_counter() - start
     print(
@@ -218,7 +222,7 @@ def run_train(args):
         f"time {elapsed:.1f} s ({history.samples_per_second:,.0f} samples/s in training "
         "steps, evaluation excluded)"
     )
-    plot = Path(args.plot).resolve()
+    plot = Path(args.plot)
     if comm is None or comm.rank == 0:
         plot_history(history, plot, title)
     print(f"learning curve: {plot}")

@@ -219,6 +219,29 @@ def distributed_table(result):
     return headers, body
 
 
+# The cost model of docs/scaling.md: TwoLayerNet sizes (input, hidden, classes) and the
+# link speeds (Gbit/s) of its table; a ring all-reduce sends and receives 2 (N - 1) / N
+# times the buffer per rank.
+COST_MODELS = ((784, 50, 10), (784, 1024, 10))
+LINKS_GBIT = (10, 100)
+
+
+def cost_model_table(result=None):
+    """Bytes all-reduced per step and their wire time (arithmetic, not a measurement)."""
+    headers = ["model, dtype", "bytes per step"]
+    headers += [f"{gbit} Gbit/s: 2 ranks / many" for gbit in LINKS_GBIT]
+    body = []
+    for k, h, c in COST_MODELS:
+        for dtype, itemsize in (("float64", 8), ("float32", 4)):
+            nbytes = (k * h + h + h * c + c + 1) * itemsize  # every gradient and the loss
+            cells = [f"{k}-{h}-{c}, {dtype}", f"{nbytes:,}"]
+            for gbit in LINKS_GBIT:
+                two, many = (nbytes * factor * 8 / (gbit * 1e9) for factor in (1, 2))
+                cells.append(f"{fmt_time(two)} / {fmt_time(many)}")
+            body.append(cells)
+    return headers, body
+
+
 def headline_table(result):
     """README: the book's loop per iteration, then the fused step rows, against the book."""
     headers = ["the book's ...", "book", "fastbp", "speed-up"]
@@ -263,7 +286,9 @@ TABLES = {
     "layers": lambda result: pair_table(result, "layers"),
     "crossover": crossover_table,
     "distributed": distributed_table,
+    "costmodel": cost_model_table,
 }
+COMPUTED = ("costmodel",)  # tables of arithmetic: no machine line
 
 
 def section_text(result, section):
@@ -280,6 +305,8 @@ def section_text(result, section):
 def markdown(result, name):
     """Block ``name`` in Markdown: the machine line, then the table."""
     headers, body = TABLES[name](result)
+    if name in COMPUTED:
+        return markdown_table(headers, body)
     return f"*{machine_line(result)}*\n\n{markdown_table(headers, body)}"
 
 

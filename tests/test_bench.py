@@ -2,6 +2,8 @@
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -253,3 +255,41 @@ def test_version_and_bench_help(capsys):
         cli.main(["bench", "--help"])
     out = capsys.readouterr().out
     assert "Time fastbp against the book's NumPy code" in out and "--section" in out
+
+
+BOOK = Path(__file__).resolve().parent.parent.parent / "shared" / "book"
+
+
+@pytest.mark.skipif(not BOOK.is_dir(), reason="the book's code is not in ../shared/book")
+def test_the_user_loops_book_variant_is_the_books_code(monkeypatch):
+    """fastbp.reference.TwoLayerNet (the user loop's "book") against the book's own
+    ch05/two_layer_net.py on common/layers.py: the same layers, bit for bit the same
+    loop (gradient, update, loss, accuracy)."""
+    for name in ("common", "common.layers", "common.functions", "two_layer_net"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.syspath_prepend(str(BOOK / "ch05"))
+    monkeypatch.syspath_prepend(str(BOOK))
+    from two_layer_net import TwoLayerNet as BookNet
+
+    nets = {}
+    for name, cls in (("book", BookNet), ("ours", benchcases.reference.TwoLayerNet)):
+        np.random.seed(0)  # noqa: NPY002 (the book's nets draw from the global state)
+        nets[name] = cls(input_size=784, hidden_size=50, output_size=10)
+    layer_classes = {
+        name: [type(layer).__name__ for layer in (*net.layers.values(), net.lastLayer)]
+        for name, net in nets.items()
+    }
+    assert layer_classes["ours"] == layer_classes["book"]
+    assert list(nets["ours"].layers) == list(nets["book"].layers)
+    results = {}
+    for name, network in nets.items():
+        phases, accuracy = benchcases.user_loop(network)
+        np.random.seed(1)  # noqa: NPY002
+        for _ in range(3):
+            for phase in phases.values():
+                phase()
+        results[name] = (network.loss(*benchcases.mnist_batch(50)), accuracy(), network.params)
+    (loss, acc, params), (book_loss, book_acc, book_params) = results["ours"], results["book"]
+    assert loss == book_loss and acc == book_acc
+    for key in benchcases.PARAM_KEYS:
+        np.testing.assert_array_equal(params[key], book_params[key])
