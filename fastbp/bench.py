@@ -43,7 +43,8 @@ from fastbp import benchcases, kernels, report
 from fastbp.kernels import CROSSOVER
 from fastbp.kernels.dispatch import NEVER
 
-SECTIONS = ("kernels", "layers", "train", "userloop", "peers", "crossover", "distributed")
+# In the order they run.
+SECTIONS = ("kernels", "layers", "train", "userloop", "crossover", "peers", "distributed")
 DEFAULT_SECTIONS = ("kernels", "layers", "train", "userloop")
 
 
@@ -234,12 +235,13 @@ def peer_cases(settings):
     for hidden, batch in settings.peer_sizes:
         for dtype in benchcases.DTYPES:
             builders = {
-                "reference": benchcases.reference_step,
+                "book": benchcases.reference_step,
                 "fused": benchcases.fused_sgd_step,
                 **{name: benchcases.PEER_STEPS[name] for name in peers},
             }
             name = f"step 784-{hidden}-10 B={batch}"
-            yield _step_case("peers", name, dtype, hidden, _batch_of(batch, dtype), builders)
+            case = _step_case("peers", name, dtype, hidden, _batch_of(batch, dtype), builders)
+            yield dataclasses.replace(case, baseline="book")
 
     def build():
         params = benchcases.user_loop_net("book").params
@@ -263,15 +265,14 @@ def cases(settings, sections):
         yield from _pair_cases("layers", benchcases.LAYER_FAMILIES, benchcases.layer_case, settings)
     if "train" in sections:
         yield from train_cases(settings)
-    if "peers" in sections:
-        yield from peer_cases(settings)
 
 
 def run_case(case, settings):
     """Time one case: a JSON-ready row of medians (seconds) and ratios."""
     columns = case.build()
     names = list(columns)
-    row = {"section": case.section, "case": case.name, "dtype": case.dtype, "columns": names}
+    row = {"section": case.section, "case": case.name, "dtype": case.dtype}
+    row.update(columns=names, baseline=case.baseline)
     row.update(zip(names, medians(list(columns.values()), settings), strict=True))
     for name in names:
         if name != case.baseline:
@@ -534,6 +535,10 @@ def main(args):
     if "crossover" in sections:
         result["crossover"] = crossover_rows(settings, args.filter)
         _print(report.section_text(result, "crossover"))
+    if "peers" in sections:  # last in this process: other frameworks' threads stay around
+        peers = [case for case in peer_cases(settings) if args.filter in case.label]
+        result["rows"] += [run_case(case, settings) for case in peers]
+        _print(report.section_text(result, "peers"))
     if "distributed" in sections:
         from fastbp import benchdist
 

@@ -146,18 +146,24 @@ def user_loop_table(result):
     return headers, body + ratio_rows
 
 
-def peers_table(result):
-    """The train step and the user-loop gradient: the book, fastbp and other frameworks."""
-    rows = rows_of(result, "peers")
-    columns = []
-    for row in rows:
-        columns += [key for key in row.get("columns", ()) if key not in columns]
-    headers = ["case", "dtype", *(f"{c}" for c in columns), *(f"book/{c}" for c in columns[1:])]
-    body = []
-    for row in rows:
-        times = [_cell(row, c, fmt_time) for c in columns]
-        ratios = [_cell(row, f"{c}_speedup", fmt_ratio) for c in columns[1:]]
-        body.append([row["case"], row["dtype"], *times, *ratios])
+def _peer_rows(result, gradient):
+    return [row for row in rows_of(result, "peers") if row["case"].startswith("user") == gradient]
+
+
+def peers_table(result, gradient=False):
+    """Other frameworks: the train step rows, or (``gradient``) the user loop's gradient;
+    every column's time, then baseline (the book) / column."""
+    rows = _peer_rows(result, gradient)
+    if not rows:
+        return ["case"], []
+    columns = rows[0]["columns"]
+    others = [c for c in columns if c != rows[0]["baseline"]]
+    headers = ["case", "dtype", *columns, *(f"book/{c}" for c in others)]
+    body = [
+        [row["case"], row["dtype"], *(_cell(row, c, fmt_time) for c in columns)]
+        + [_cell(row, f"{c}_speedup", fmt_ratio) for c in others]
+        for row in rows
+    ]
     return headers, body
 
 
@@ -282,6 +288,7 @@ TABLES = {
     "userloop": user_loop_table,
     "train": train_table,
     "peers": peers_table,
+    "peers_gradient": lambda result: peers_table(result, gradient=True),
     "kernels": lambda result: pair_table(result, "kernels"),
     "layers": lambda result: pair_table(result, "layers"),
     "crossover": crossover_table,
@@ -297,6 +304,8 @@ def section_text(result, section):
     if not body:
         return ""
     parts = [text_table(headers, body)]
+    if section == "peers":
+        parts.append(text_table(*peers_table(result, gradient=True)))
     if section == "crossover":
         parts += [f"{title}\n{text_table(h, b)}" for title, h, b in crossover_ladders(result)]
     return "\n\n".join(parts)

@@ -218,7 +218,7 @@ def test_peers_section_has_the_book_and_fastbp_columns(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "available_peers", list)  # whatever is installed
     rows = run_bench(tmp_path, "--section", "peers")["rows"]
     assert [row["case"] for row in rows][-1].startswith("user-loop gradient")
-    assert rows[0]["columns"] == ["reference", "fused"]
+    assert rows[0]["columns"] == ["book", "fused"] and rows[0]["baseline"] == "book"
     assert rows[-1]["columns"] == list(benchcases.USER_LOOP_VARIANTS)
     assert rows[-1]["nets_speedup"] == pytest.approx(rows[-1]["book"] / rows[-1]["nets"])
 
