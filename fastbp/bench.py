@@ -5,8 +5,8 @@ Sections (``--section``, default kernels,layers,train,userloop):
 - kernels, layers: each kernel and drop-in layer against the NumPy reference;
 - train: one SGD step of TwoLayerNet(784, H, 10): fastbp.nets, the book's classes, the
   fused step and fastbp's layers one by one, next to the yardstick "bare GEMM": the summed
-  medians of the step's five np.dot calls (step / bare GEMM = 1 would mean everything but
-  the matrix products is free);
+  medians of the step's five np.dot calls on one BLAS thread (step / bare GEMM = 1 would
+  mean everything but the matrix products is free; below 1 the step uses both cores);
 - userloop: the book's ch05/train_neuralnet.py loop on real MNIST, phase by phase, for the
   book's classes, the book's TwoLayerNet over fastbp.layers and fastbp.nets.TwoLayerNet;
 - peers: the train step and the user loop's gradient in PyTorch (eager, torch.compile) and
@@ -42,6 +42,7 @@ import numpy as np
 from fastbp import benchcases, kernels, report
 from fastbp.kernels import CROSSOVER
 from fastbp.kernels.dispatch import NEVER
+from fastbp.train import blas_threads
 
 # In the order they run.
 SECTIONS = ("kernels", "layers", "train", "userloop", "crossover", "peers", "distributed")
@@ -281,7 +282,8 @@ def run_case(case, settings):
         row["speedup"] = row.pop("fastbp_speedup")
     if case.yardstick is not None:
         gemms = case.yardstick()
-        times = medians([fn for _, fn in gemms], settings)
+        with blas_threads(1):  # the yardstick: single-threaded BLAS (sets no variable)
+            times = medians([fn for _, fn in gemms], settings)
         row["gemm"] = sum(times)
         row["gemm_parts"] = dict(zip((label for label, _ in gemms), times, strict=True))
         for name in names:

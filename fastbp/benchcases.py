@@ -430,6 +430,23 @@ def gradient_on_fresh_batches(gradient, count=16):
 
 # -- the same step in other frameworks (optional: used only when they are importable) ----
 
+# {column: builder} of the train step (as STEP_BUILDERS) and of the gradient (params ->
+# gradient(x, t)), filled by ``_peer`` below; PEER_MODULES names the module each needs.
+PEER_STEPS = {}
+PEER_GRADIENTS = {}
+PEER_MODULES = {"torch": "torch", "torch.compile": "torch", "jax": "jax"}
+
+
+def _peer(registry, *names, **keywords):
+    """Register the decorated builder in ``registry`` under each name (with keywords)."""
+
+    def register(builder):
+        for name in names:
+            registry[name] = functools.partial(builder, **keywords) if keywords else builder
+        return builder
+
+    return register
+
 
 def _torch_params(params):
     import torch
@@ -455,6 +472,8 @@ def _torch_loss_fn(compiled):
     return torch.compile(_torch_loss, dynamic=False) if compiled else _torch_loss
 
 
+@_peer(PEER_GRADIENTS, "torch.compile", compiled=True)
+@_peer(PEER_GRADIENTS, "torch")
 def torch_gradient(params, compiled=False):
     """gradient(x, t) -> {key: grad array} of the book's net in PyTorch (eager, or
     ``torch.compile``d forward and backward with ``compiled``); NumPy in and out."""
@@ -471,6 +490,8 @@ def torch_gradient(params, compiled=False):
     return gradient
 
 
+@_peer(PEER_STEPS, "torch.compile", compiled=True)
+@_peer(PEER_STEPS, "torch")
 def torch_step(params, x, t, lr=BOOK_LR, compiled=False):
     """The train step in PyTorch on the CPU, with as many threads as Numba: eager, or
     with the forward and backward ``torch.compile``d. ``params`` holds NumPy arrays
@@ -505,6 +526,7 @@ def _jax_loss():
     return jax, jnp, loss
 
 
+@_peer(PEER_GRADIENTS, "jax")
 def jax_gradient(params):
     """gradient(x, t) -> {key: grad} of the book's net as one ``jax.jit`` (CPU)."""
     jax, jnp, loss = _jax_loss()
@@ -519,6 +541,7 @@ def jax_gradient(params):
     return gradient
 
 
+@_peer(PEER_STEPS, "jax")
 def jax_step(params, x, t, lr=BOOK_LR):
     """The train step as one ``jax.jit`` of value_and_grad plus the SGD update (CPU)."""
     jax, jnp, loss = _jax_loss()
@@ -536,18 +559,3 @@ def jax_step(params, x, t, lr=BOOK_LR):
         value.block_until_ready()
 
     return step
-
-
-# Other frameworks: {column: builder} of the train step (as STEP_BUILDERS) and of the
-# gradient (params -> gradient(x, t)); PEER_MODULES names the module each one needs.
-PEER_STEPS = {
-    "torch": torch_step,
-    "torch.compile": functools.partial(torch_step, compiled=True),
-    "jax": jax_step,
-}
-PEER_GRADIENTS = {
-    "torch": torch_gradient,
-    "torch.compile": functools.partial(torch_gradient, compiled=True),
-    "jax": jax_gradient,
-}
-PEER_MODULES = {"torch": "torch", "torch.compile": "torch", "jax": "jax"}
