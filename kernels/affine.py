@@ -5,9 +5,10 @@ All arrays are C-contiguous and share one float dtype (float32 or float64); the 
 parallel loop, so BLAS threads and Numba threads never run at the same time.
 """
 
+from numba import prange
+
 from fastbp.kernels.blas import gemm
 from fastbp.kernels.dispatch import twin
-from numba import prange
 
 # Columns per parallel task in the bias-gradient column sum.
 COLUMN_BLOCK = 64

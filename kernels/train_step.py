@@ -25,10 +25,11 @@ arrays are C-contiguous; the labels t[N] are class indices (intp) in [0, C), val
 """
 
 import numpy as np
+from numba import njit, prange
+
 from fastbp.kernels.blas import gemm
 from fastbp.kernels.dispatch import FASTMATH, twin
 from fastbp.kernels.softmax_ce import LOG_EPS, softmax_row
-from numba import njit, prange
 
 # Hidden columns per parallel task of the ReLU backward's db1 column sums (at most; split
 # further to use every thread when H is small). A multiple of the widest vector.
