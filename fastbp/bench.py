@@ -1,14 +1,15 @@
 """``fastbp bench``: time fastbp against the book's NumPy code, side by side, in one process.
 
-Sections (``--section``, default kernels,layers,train,userloop):
+Sections (``--section``, default userloop,kernels,layers,train; they run in this order):
 
+- userloop: the book's ch05/train_neuralnet.py loop on real MNIST, phase by phase, for the
+  book's classes, the book's TwoLayerNet over fastbp.layers and fastbp.nets.TwoLayerNet
+  (first, so that its "book-alone" row is the book's code before any fastbp code ran);
 - kernels, layers: each kernel and drop-in layer against the NumPy reference;
 - train: one SGD step of TwoLayerNet(784, H, 10): fastbp.nets, the book's classes, the
   fused step and fastbp's layers one by one, next to the yardstick "bare GEMM": the summed
   medians of the step's five np.dot calls on one BLAS thread (step / bare GEMM = 1 would
   mean everything but the matrix products is free; below 1 the step uses both cores);
-- userloop: the book's ch05/train_neuralnet.py loop on real MNIST, phase by phase, for the
-  book's classes, the book's TwoLayerNet over fastbp.layers and fastbp.nets.TwoLayerNet;
 - peers: the train step and the user loop's gradient in PyTorch (eager, torch.compile) and
   JAX (jit), when they are installed (they are not dependencies);
 - crossover: serial vs parallel build of every kernel over sizes, next to CROSSOVER;
@@ -45,8 +46,8 @@ from fastbp.kernels.dispatch import NEVER
 from fastbp.train import blas_threads
 
 # In the order they run.
-SECTIONS = ("kernels", "layers", "train", "userloop", "crossover", "peers", "distributed")
-DEFAULT_SECTIONS = ("kernels", "layers", "train", "userloop")
+SECTIONS = ("userloop", "kernels", "layers", "train", "crossover", "peers", "distributed")
+DEFAULT_SECTIONS = ("userloop", "kernels", "layers", "train")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,6 +295,29 @@ def run_case(case, settings):
 # -- the user loop ---------------------------------------------------------------------
 
 
+def _loop_block(loop, record, done, block, per_epoch):
+    """Run ``block`` iterations of ``loop`` (phases, accuracy), the accuracy whenever the
+    iteration count ``done`` is a multiple of ``per_epoch``; append the times to
+    ``record``; return the new count."""
+    phases, accuracy = loop
+    clock = time.perf_counter
+    for _ in range(block):
+        if done % per_epoch == 0:
+            start = clock()
+            accuracy()
+            record["accuracy"].append(clock() - start)
+        total = 0.0
+        for name, fn in phases.items():
+            start = clock()
+            fn()
+            elapsed = clock() - start
+            record[name].append(elapsed)
+            total += elapsed
+        record["iteration"].append(total)
+        done += 1
+    return done
+
+
 def user_loop_rows(settings):
     """The book's ch05 loop for every variant, blocks of iterations alternating.
 
@@ -301,48 +325,43 @@ def user_loop_rows(settings):
     (batch + gradient + update + loss), and of ``accuracy`` (all training and test
     images, once per epoch as in the book); ``per_iteration`` = iteration + accuracy /
     iterations per epoch. Ratios are book / variant. The GC stays as the user has it.
+    A first row, "book-alone", times the book's classes before any fastbp code has run
+    in the process (meaningful when this section runs first, as ``fastbp bench`` does):
+    fastbp's effect on the user's own NumPy code shows as book-alone vs book.
     """
     variants = benchcases.USER_LOOP_VARIANTS
-    loops = {v: benchcases.user_loop(benchcases.user_loop_net(v)) for v in variants}
     per_epoch = benchcases.iterations_per_epoch()
-    phases_of = settings.user_loop_phases
-    times = {v: {name: [] for name in (*phases_of, "iteration")} for v in variants}
-    done = dict.fromkeys(variants, 0)
-    for phases, accuracy in loops.values():  # compilation and caches out of the way
-        for fn in phases.values():
-            fn()
-        accuracy()
-    clock = time.perf_counter
+    names = (*settings.user_loop_phases, "iteration")
+    times = {v: {name: [] for name in names} for v in ("book-alone", *variants)}
+    loops = {"book": benchcases.user_loop(benchcases.user_loop_net("book"))}
+    blocks = max(1, settings.loop_rounds // 4)
+    _loop_block(loops["book"], {name: [] for name in names}, 1, 1, per_epoch)  # warm-up
+    done = {"book-alone": _loop_block(loops["book"], times["book-alone"], 0, 1, per_epoch)}
+    for _ in range(blocks):
+        done["book-alone"] = _loop_block(
+            loops["book"], times["book-alone"], done["book-alone"], settings.loop_block, per_epoch
+        )
+    loops.update({v: benchcases.user_loop(benchcases.user_loop_net(v)) for v in variants[1:]})
+    for variant in variants:  # compilation and caches out of the way
+        _loop_block(loops[variant], {name: [] for name in names}, 0, 1, per_epoch)
+        done[variant] = 0
     for round_number in range(settings.loop_rounds):
         shift = round_number % len(variants)
         for variant in variants[shift:] + variants[:shift]:
-            phases, accuracy = loops[variant]
-            record = times[variant]
-            for _ in range(settings.loop_block):
-                if done[variant] % per_epoch == 0:
-                    start = clock()
-                    accuracy()
-                    record["accuracy"].append(clock() - start)
-                total = 0.0
-                for name, fn in phases.items():
-                    start = clock()
-                    fn()
-                    elapsed = clock() - start
-                    record[name].append(elapsed)
-                    total += elapsed
-                record["iteration"].append(total)
-                done[variant] += 1
+            done[variant] = _loop_block(
+                loops[variant], times[variant], done[variant], settings.loop_block, per_epoch
+            )
     rows = []
-    for variant in variants:
+    for variant, record in times.items():
         row = {"section": "userloop", "case": variant, "dtype": "x:f32 W:f64"}
-        row.update({name: statistics.median(t) for name, t in times[variant].items()})
+        row.update({name: statistics.median(t) for name, t in record.items()})
         row["per_iteration"] = row["iteration"] + row["accuracy"] / per_epoch
         row["iterations"] = done[variant]
         row["iterations_per_epoch"] = per_epoch
         rows.append(row)
-    book = rows[0]
+    book = rows[1]
     for row in rows:
-        for name in (*phases_of, "iteration"):
+        for name in names:
             row[f"{name}_speedup"] = book[name] / row[name]
         row["speedup"] = book["per_iteration"] / row["per_iteration"]
     return rows
@@ -521,6 +540,9 @@ def main(args):
         flush=True,
     )
     result = {"machine": info, "settings": dataclasses.asdict(settings), "rows": []}
+    if "userloop" in sections and args.filter in "userloop":  # first: before fastbp ran
+        result["rows"] += user_loop_rows(settings)
+        _print(report.section_text(result, "userloop"))
     section = None
     for case in cases(settings, sections):
         if args.filter not in case.label:
@@ -531,9 +553,6 @@ def main(args):
         result["rows"].append(run_case(case, settings))
     if section is not None:
         _print(report.section_text(result, section))
-    if "userloop" in sections and args.filter in "userloop":
-        result["rows"] += user_loop_rows(settings)
-        _print(report.section_text(result, "userloop"))
     if "crossover" in sections:
         result["crossover"] = crossover_rows(settings, args.filter)
         _print(report.section_text(result, "crossover"))
