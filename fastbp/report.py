@@ -249,6 +249,9 @@ def cost_model_table(result=None):
     return headers, body
 
 
+HEADLINE_STEPS = ("H=50 B=100", "H=1024 B=256", "mnist")  # train rows in the headline
+
+
 def headline_table(result):
     """README: the book's loop per iteration, then the fused step rows, against the book."""
     headers = ["the book's ...", "book", "fastbp", "speed-up"]
@@ -260,7 +263,9 @@ def headline_table(result):
             book, ours = rows["book"]["per_iteration"], rows[variant]["per_iteration"]
             body.append([label, fmt_time(book), fmt_time(ours), fmt_ratio(book / ours)])
     for row in rows_of(result, "train"):
-        label = f"train step {row['case']} {row['dtype']}, fused"
+        if not row["case"].startswith(HEADLINE_STEPS):
+            continue
+        label = f"fused train step {row['case']} {row['dtype']}"
         body.append([label, fmt_time(row["reference"]), fmt_time(row["fused"])])
         body[-1].append(fmt_ratio(row["fused_speedup"]))
     return headers, body
@@ -272,13 +277,14 @@ def machine_line(result):
     parts = [
         f"measured {info.get('date_utc', '?')}",
         f"{info.get('cpu_count', '?')} CPUs ({info.get('cpu', 'unknown CPU')})",
-        f"load average {info.get('loadavg_start', ['?'])[0]}",
+        f"load average {info['loadavg_start'][0]:.2f}" if "loadavg_start" in info else "",
         f"fastbp {info.get('fastbp', '?')}, Python {info.get('python', '?')}",
         f"NumPy {info.get('numpy', '?')}, Numba {info.get('numba', '?')}",
         f"{info.get('numba_threads', '?')} Numba threads",
     ]
     parts += [f"BLAS {blas}" for blas in info.get("blas", ())]
     parts += [f"{name} {version}" for name, version in info.get("peers", {}).items()]
+    parts = [part for part in parts if part]
     if result.get("settings", {}).get("quick"):
         parts.append("QUICK run (few samples: provisional numbers)")
     return "; ".join(parts)
