@@ -184,6 +184,7 @@ def run_train(args):
         disable=args.no_progress,
         leave=False,
         dynamic_ncols=True,
+        smoothing=0,  # the average rate of the steps: what the epoch lines print
     )
 
     def on_step(step, loss, samples):
@@ -195,6 +196,8 @@ def run_train(args):
         steps = len(history.loss) // epoch
         loss = float(np.mean(history.loss[-steps:]))
         rate = history.epoch_samples[-1] / history.epoch_seconds[-1]
+        if not bar.disable:  # the bar's rate leaves the evaluation out too
+            bar.start_t += history.eval_seconds[-1]
         bar.write(
             f"epoch {epoch:{len(str(args.epochs))}d}/{args.epochs}  loss {loss:.4f}  "
             f"train acc {history.train_acc[-1]:.4f}  test acc {history.test_acc[-1]:.4f}"
@@ -208,6 +211,7 @@ def run_train(args):
         # a gradient leaves the parameters as they are.
         net.gradient(x[: args.batch].astype(args.dtype), t[: args.batch])
         bar.write(f"kernels ready in {time.perf_counter() - start:.1f} s", file=sys.stdout)
+        bar.reset()  # the bar's clock starts with the steps
         history = train(net, optimizer, data, args.batch, args.epochs, order_rng, on_step, on_epoch)
     elapsed = time.perf_counter() - start
     print(
@@ -218,7 +222,7 @@ def run_train(args):
         f"time {elapsed:.1f} s ({history.samples_per_second:,.0f} samples/s in training "
         "steps, evaluation excluded)"
     )
-    plot = Path(args.plot).resolve()
+    plot = Path(args.plot)
     if comm is None or comm.rank == 0:
         plot_history(history, plot, title)
     print(f"learning curve: {plot}")
@@ -227,27 +231,19 @@ def run_train(args):
 
 def configure_bench(parser, load):
     """Set up ``fastbp bench`` from fastbp.bench, imported only when bench is the command."""
-    parser.set_defaults(handler=bench_missing)
-    if not load:
-        return
-    try:
+    if load:
         from fastbp import bench
-    except ModuleNotFoundError as e:
-        if e.name != "fastbp.bench":
-            raise
-        return
-    bench.configure_parser(parser)
-    parser.set_defaults(handler=bench.main)
 
-
-def bench_missing(args):
-    print("fastbp bench: fastbp.bench is not installed in this version", file=sys.stderr)
-    return 2
+        bench.configure_parser(parser)
+        parser.set_defaults(handler=bench.main)
 
 
 def parser_for(argv):
     """The ``fastbp`` parser; fastbp.bench is imported only when argv starts with bench."""
+    from fastbp import __version__
+
     parser = argparse.ArgumentParser(prog="fastbp", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"fastbp {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     configure_train(
         commands.add_parser(
@@ -257,7 +253,15 @@ def parser_for(argv):
         )
     )
     configure_bench(
-        commands.add_parser("bench", help="benchmarks against the NumPy layers"),
+        commands.add_parser(
+            "bench",
+            help="benchmarks against the book's NumPy code",
+            description="Time fastbp against the book's NumPy code in one process, by "
+            "section: kernels, layers, train steps, the book's ch05 training loop "
+            "(userloop), other frameworks (peers), serial/parallel crossovers and "
+            "data-parallel training (distributed). Prints tables; --json writes the rows "
+            "that python -m fastbp.report turns into the docs' tables.",
+        ),
         load=argv[:1] == ["bench"],
     )
     return parser

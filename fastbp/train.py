@@ -19,7 +19,8 @@ class History:
 
     loss: training loss of every step; train_acc, test_acc: accuracy after each epoch;
     epoch_seconds: wall time of each epoch's steps (evaluation excluded);
-    epoch_samples: training samples processed in each epoch.
+    epoch_samples: training samples processed in each epoch;
+    eval_seconds: wall time of each epoch's evaluation (train and test accuracy).
     """
 
     loss: list = field(default_factory=list)
@@ -27,6 +28,7 @@ class History:
     test_acc: list = field(default_factory=list)
     epoch_seconds: list = field(default_factory=list)
     epoch_samples: list = field(default_factory=list)
+    eval_seconds: list = field(default_factory=list)
 
     @property
     def samples_per_second(self):
@@ -94,8 +96,10 @@ def train(
                 on_step(len(history.loss), loss, len(batch))
         history.epoch_seconds.append(time.perf_counter() - start)
         history.epoch_samples.append(n)
+        start = time.perf_counter()
         history.train_acc.append(float(net.accuracy(x_train, t_train)))
         history.test_acc.append(float(net.accuracy(x_test, t_test)))
+        history.eval_seconds.append(time.perf_counter() - start)
         if on_epoch is not None:
             on_epoch(epoch, history)
     return history

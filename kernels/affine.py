@@ -8,10 +8,11 @@ and checked by the caller (``fastbp.layers.Affine``).
 """
 
 import numpy as np
-from fastbp.kernels.blas import block_of, gemm, plan
-from fastbp.kernels.dispatch import twin
 from numba import prange, types
 from numba.extending import overload
+
+from fastbp.kernels.blas import block_of, gemm, plan
+from fastbp.kernels.dispatch import twin
 
 # Rows of x cast at a time into a block's scratch rows (float32 images, float64 weights).
 CAST_ROWS = 128

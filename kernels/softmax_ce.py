@@ -7,9 +7,10 @@ The index form never builds a one-hot matrix. The loss follows the book's
 """
 
 import numpy as np
+from numba import njit, prange
+
 from fastbp.kernels.dispatch import FASTMATH, twin
 from fastbp.kernels.fastexp import fast_exp, typed
-from numba import njit, prange
 
 # The book's guard against log(0) in cross_entropy_error.
 LOG_EPS = 1e-7

@@ -31,10 +31,11 @@ arrays are C-contiguous; the labels t[N] are class indices (intp) in [0, C), val
 """
 
 import numpy as np
+from numba import njit, prange
+
 from fastbp.kernels.blas import block_of, gemm
 from fastbp.kernels.dispatch import FASTMATH, twin
 from fastbp.kernels.softmax_ce import LOG_EPS, softmax_row
-from numba import njit, prange
 
 jit = njit(inline="always", cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
 

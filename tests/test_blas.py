@@ -17,8 +17,9 @@ import llvmlite.binding as ll
 import numpy as np
 import pytest
 import threadpoolctl
-from fastbp.kernels import blas
 from numba import njit, types
+
+from fastbp.kernels import blas
 
 TRANSPOSES = [(False, False), (False, True), (True, False), (True, True)]
 # (M, N, K): a row, odd sizes, an empty inner dimension (the product is zeros).

@@ -6,11 +6,11 @@ BLAS and sparse), with batches that have all-zero rows and all-zero columns.
 
 import numpy as np
 import pytest
-from fastbp.kernels import force_path
 from helpers import assert_close, assert_loss_close, normal, rtol_for
 
 from fastbp import reference
 from fastbp.fused import TwoLayerStep
+from fastbp.kernels import force_path
 from fastbp.nets import LayerNet, TwoLayerNet
 from fastbp.optimizers import SGD
 from fastbp.train import gradient_step

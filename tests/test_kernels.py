@@ -9,8 +9,6 @@ and one large case per kernel (>= 1M elements, where the parallel build has many
 
 import numpy as np
 import pytest
-from fastbp.kernels import affine
-from fastbp.kernels.dispatch import NEVER
 from helpers import (
     CORE_KERNELS,
     FLOATS,
@@ -25,6 +23,8 @@ from helpers import (
 
 from fastbp import kernels
 from fastbp import reference as ref
+from fastbp.kernels import affine
+from fastbp.kernels.dispatch import NEVER
 
 # Elementwise kernels: flat sizes (batch 1, 7x13, > 1M).
 FLAT_SIZES = {"batch1": 1, "odd": 7 * 13, "large": (1 << 20) + 7}
