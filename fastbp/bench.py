@@ -100,10 +100,11 @@ QUICK = Settings(
     loop_block=5,
     distributed=(8, 10, 2),
 )
-# Fused train step ladder of --section crossover: x[n // 784, 784], hidden units.
+# Fused train step ladder of --section crossover: hidden units (batch from n multiply-adds).
 LADDER_TRAIN_HIDDEN = 100
-# Ladder shapes of the 2-D kernels for n elements: affine out[n // M, M] from
-# x[n // M, K] @ W[K, M]; softmax_ce over n // C rows of C classes.
+# Ladder shapes of the 2-D kernels for n elements: affine x[N, K] @ W[K, M] with n
+# multiply-adds (N = n // (K * M): the GEMM kernels' size in CROSSOVER); softmax_ce over
+# n // C rows of C classes.
 LADDER_K, LADDER_M = 50, 100
 LADDER_KERNELS = (*benchcases.CORE_KERNELS, *benchcases.UPDATE_ARGS, "train_step")
 
@@ -373,7 +374,7 @@ def user_loop_rows(settings):
 def ladder_shape(name, n):
     """The argument shape of kernel ``name`` whose first array has about ``n`` elements."""
     if name.startswith("affine"):
-        return max(1, n // LADDER_M), LADDER_K, LADDER_M
+        return max(1, n // (LADDER_K * LADDER_M)), LADDER_K, LADDER_M
     if name.startswith("softmax_ce"):
         return max(1, n // benchcases.CLASSES), benchcases.CLASSES
     return (n,)
@@ -388,12 +389,19 @@ def ladder_pair(name, n, dtype):
     """(serial, parallel) callables running kernel ``name`` with ``n`` elements in its
     first argument; the fused train step goes through ``fastbp.fused`` with a forced path."""
     if name == "train_step":
-        x, t = benchcases.train_batch(max(1, n // benchcases.INPUT_SIZE), dtype)
+        batch = n // (benchcases.INPUT_SIZE * LADDER_TRAIN_HIDDEN)  # multiply-adds
+        x, t = benchcases.train_batch(max(1, batch), dtype)
         params = benchcases.two_layer_params(LADDER_TRAIN_HIDDEN, dtype)
         step = benchcases.fused_sgd_step(params, x, t)
         return tuple(functools.partial(_on_path, path, step) for path in ("serial", "parallel"))
     kernel = benchcases.kernel_function(name)
     args = benchcases.kernel_args(name, ladder_shape(name, n), dtype)
+    if name.startswith("affine"):
+        serial = benchcases.gemm_plan_args(name, args, 1)
+        parallel = benchcases.gemm_plan_args(name, args, numba.get_num_threads())
+        return functools.partial(kernel.serial, *serial), functools.partial(
+            kernel.parallel, *parallel
+        )
     return functools.partial(kernel.serial, *args), functools.partial(kernel.parallel, *args)
 
 

@@ -22,6 +22,7 @@ import numba
 import numpy as np
 
 from fastbp import data, fused, kernels, layers, nets, reference
+from fastbp.kernels import affine
 from fastbp.kernels import optimizers as update_kernels
 
 IMPLS = ("fastbp", "reference")
@@ -99,7 +100,7 @@ def family_shapes(family):
 # The allocating reference function of each kernel, called with the kernel's arguments.
 _REFERENCE_KERNELS = {
     "affine_forward": lambda out, x, W, b: reference.affine_forward(x, W, b),
-    "affine_backward": lambda dout, x, W, dx, dW, db, _: reference.affine_backward(dout, x, W),
+    "affine_backward": lambda dout, x, W, dx, dW, db, *_: reference.affine_backward(dout, x, W),
     "relu_forward": lambda x, out, mask: reference.relu_forward(x),
     "relu_backward": lambda dout, mask, dx: reference.relu_backward(dout, mask),
     "sigmoid_forward": lambda x, out: reference.sigmoid(x),
@@ -151,9 +152,21 @@ def kernel_args(name, shape, dtype):
     raise NotImplementedError(f"unknown kernel {name!r}")
 
 
+# The affine kernels as the layers call them: the block plan (``blas.plan``) chosen per call.
+_DISPATCHED = {"affine_forward": affine.forward, "affine_backward": affine.backward}
+
+
 def kernel_function(name):
     """The twin (serial and parallel builds) of kernel ``name``."""
     return getattr(update_kernels if name in UPDATE_ARGS else kernels, name)
+
+
+def gemm_plan_args(name, args, blocks):
+    """``kernel_args`` of an affine kernel completed for the twin's builds themselves:
+    its work split in ``blocks`` blocks on the private single-threaded BLAS."""
+    if name == "affine_forward":
+        return (*args, None, blocks, True)
+    return (*args, np.empty((blocks, args[0].shape[1]), args[0].dtype), True)
 
 
 def kernel_case(family, impl, shape, dtype):
@@ -170,7 +183,10 @@ def kernel_case(family, impl, shape, dtype):
     for verb in ("forward", "backward"):
         name = f"{family}_{verb}"
         args = kernel_args(name, tuple(shape), dt)
-        fn = _REFERENCE_KERNELS[name] if impl == "reference" else kernel_function(name)
+        if impl == "reference":
+            fn = _REFERENCE_KERNELS[name]
+        else:
+            fn = _DISPATCHED.get(name) or kernel_function(name)
         calls.append(functools.partial(fn, *args))
     return tuple(calls)
 
