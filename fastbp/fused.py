@@ -21,6 +21,7 @@ the W1 rows at nonzero pixels; ``sparse="auto"`` chooses it per batch from the n
 count against ``SPARSE_DENSITY`` and gives the dense path's results to rounding.
 """
 
+import math
 import threading
 
 import numpy as np
@@ -64,7 +65,7 @@ def _grad_buffers(grads, params, label):
             raise ValueError(f"{label}[{name!r}] must be a {p.dtype} array of shape {p.shape}")
         if not (g.flags.c_contiguous and g.flags.writeable and g.dtype.isnative):
             raise ValueError(f"{label}[{name!r}] must be writeable and C-contiguous")
-        if any(np.shares_memory(g, q) for q in params):
+        if any(np.may_share_memory(g, q) for q in params):
             raise ValueError(f"{label}[{name!r}] must not share memory with a parameter")
         out.append(g)
     return out
@@ -88,6 +89,7 @@ class TwoLayerStep:
         self.probs = None
         self._grads = None  # the reused gradient buffers, allocated on first use
         self._work = {}  # name -> reused work buffer (grown, never shrunk)
+        self._views = None  # (sizes, views into _work) of the last call
         self._used_sparse = None
         self._lock = threading.Lock()
 
@@ -110,11 +112,26 @@ class TwoLayerStep:
 
     def _buffer(self, name, shape, dtype):
         """A reused work array of ``shape`` and ``dtype`` (a view into a larger one)."""
-        size = int(np.prod(shape))
+        size = math.prod(shape)
         held = self._work.get(name)
         if held is None or held.dtype != dtype or held.size < size:
             held = self._work[name] = np.empty(size, dtype)
         return held[:size].reshape(shape)
+
+    def _buffers(self, n, k, h, c, dtype, blocks, cast, max_nnz):
+        """(xw or None, nz, z1, y, dy, dz1, dW2p, db1p, db2p, lossp) for this call's sizes;
+        the views of the last sizes are kept, so a run of equal batches builds none."""
+        key = (n, k, h, c, dtype, blocks, cast, max_nnz)
+        if self._views is None or self._views[0] != key:
+            buf = self._buffer
+            views = (buf("xw", (n, k), dtype) if cast else None,)
+            views += (buf("nz", (n + 1 + k + 1 + n + 2 * max(max_nnz, 0),), np.int64),)
+            views += (buf("z1", (n, h), dtype), buf("y", (n, c), dtype))
+            views += (buf("dy", (n, c), dtype), buf("dz1", (n, h), dtype))
+            views += (buf("dW2p", (blocks, h, c), dtype), buf("db1p", (blocks, h), dtype))
+            views += (buf("db2p", (blocks, c), dtype), buf("lossp", (blocks,), np.float64))
+            self._views = (key, views)
+        return self._views[1]
 
     def _run(self, x, t, lr, update, grads, label="grads"):
         x = checks.batch("x", x, min_ndim=2)
@@ -144,16 +161,10 @@ class TwoLayerStep:
                 max_nnz = n * k
             build, blocks, own = plan(train_step, x.size * h)
             cast = x.dtype != dtype
-            buf = self._buffer
-            xw = buf("xw", x.shape, dtype) if cast else x
-            nz = buf("nz", (n + 1 + k + 1 + n + 2 * max(max_nnz, 0),), np.int64)
-            z1, dz1 = buf("z1", (n, h), dtype), buf("dz1", (n, h), dtype)
-            y, dy = buf("y", (n, c), dtype), buf("dy", (n, c), dtype)
-            parts = (buf("dW2p", (blocks, h, c), dtype), buf("db1p", (blocks, h), dtype))
-            parts += (buf("db2p", (blocks, c), dtype), buf("lossp", (blocks,), np.float64))
+            xw, nz, z1, y, dy, dz1, *parts = self._buffers(n, k, h, c, dtype, blocks, cast, max_nnz)
             loss = build(
-                x, xw, cast, t, W1, b1, W2, b2, dtype.type(lr), update, max_nnz, nz,
-                z1, y, dy, dz1, *g, *parts, own,
+                x, xw if cast else x, cast, t, W1, b1, W2, b2, dtype.type(lr), update, max_nnz,
+                nz, z1, y, dy, dz1, *g, *parts, own,
             )  # fmt: skip
             self.loss = dtype.type(loss)
             self.hidden, self.probs = z1, y
