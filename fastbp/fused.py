@@ -133,7 +133,7 @@ class TwoLayerStep:
             self._views = (key, views)
         return self._views[1]
 
-    def _run(self, x, t, lr, update, grads, label="grads"):
+    def _run(self, x, t, lr, update, grads, label="grads", backward=True):
         x = checks.batch("x", x, min_ndim=2)
         n = x.shape[0]
         x = x.reshape(n, -1)
@@ -164,7 +164,7 @@ class TwoLayerStep:
             xw, nz, z1, y, dy, dz1, *parts = self._buffers(n, k, h, c, dtype, blocks, cast, max_nnz)
             loss = build(
                 x, xw if cast else x, cast, t, W1, b1, W2, b2, dtype.type(lr), update, max_nnz,
-                nz, z1, y, dy, dz1, *g, *parts, own,
+                nz, z1, y, dy, dz1, *g, *parts, own, backward,
             )  # fmt: skip
             self.loss = dtype.type(loss)
             self.hidden, self.probs = z1, y
@@ -191,6 +191,11 @@ class TwoLayerStep:
         grads = None if out is None else {name: out[name] for name in PARAM_NAMES}
         self._run(x, t, 0.0, False, grads, label)
         return dict(grads if grads is not None else self._grads)
+
+    def loss_of(self, x, t):
+        """The loss of batch (x, t) alone: the forward pass (``hidden``, ``probs`` as after
+        ``gradient``), no gradient is computed and ``grads`` are left as they were."""
+        return self._run(x, t, 0.0, False, None, backward=False)
 
     def sgd_step(self, x, t, lr):
         """One SGD step on batch (x, t): every param -= lr * its gradient, in place.

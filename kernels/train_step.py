@@ -143,9 +143,9 @@ def first_layer(x, xw, cast, W1, b1, sparse, nz, z1, lo, hi, own):
 
 
 @jit
-def output_layer(t, W2, b2, z1, y, dy, dz1, dW2p, db1p, db2p, lo, hi, scale, own):
-    """Rows lo:hi of softmax y, dy and masked dz1; their shares of dW2, db1, db2 into
-    dW2p, db1p, db2p; returns their summed loss terms."""
+def output_layer(t, W2, b2, z1, y, dy, dz1, dW2p, db1p, db2p, lo, hi, scale, own, backward):
+    """Rows lo:hi of softmax y (and if ``backward``: of dy and masked dz1, and their
+    shares of dW2, db1, db2 into dW2p, db1p, db2p); returns their summed loss terms."""
     h, c = W2.shape
     gemm(z1[lo:hi], W2, y[lo:hi], False, False, own)
     loss = 0.0
@@ -158,6 +158,8 @@ def output_layer(t, W2, b2, z1, y, dy, dz1, dW2p, db1p, db2p, lo, hi, scale, own
         for j in range(c):
             dy[i, j] = y[i, j] * scale
         dy[i, label] -= scale
+    if not backward:
+        return loss
     gemm(z1[lo:hi], dy[lo:hi], dW2p, True, False, own)
     gemm(dy[lo:hi], W2, dz1[lo:hi], False, True, own)
     for j in range(h):
@@ -177,9 +179,10 @@ def output_layer(t, W2, b2, z1, y, dy, dz1, dW2p, db1p, db2p, lo, hi, scale, own
 @twin
 def train_step(
     x, xw, cast, t, W1, b1, W2, b2, lr, update, max_nnz, nz,
-    z1, y, dy, dz1, dW1, db1, dW2, db2, dW2p, db1p, db2p, lossp, own,
+    z1, y, dy, dz1, dW1, db1, dW2, db2, dW2p, db1p, db2p, lossp, own, backward,
 ):  # fmt: skip
-    """Loss of the batch; gradients into dW1, db1, dW2, db2 (and params -= lr * grads if
+    """Loss of the batch (only that, and z1, y, dy, unless ``backward``); gradients into
+    dW1, db1, dW2, db2 (and params -= lr * grads if
     ``update``; then the sparse path skips the dW1 rows of all-zero columns of x, as the
     update does). z1[N, H], y[N, C], dy[N, C], dz1[N, H] end as the hidden activations,
     the softmax output, dLoss/dlogits and dLoss/dz1; dW2p[P, H, C], db1p[P, H],
@@ -203,8 +206,13 @@ def train_step(
         lo, hi = block_of(p, blocks, n)
         first_layer(x, xw, cast, W1, b1, sparse, nz, z1, lo, hi, own)
         lossp[p] = output_layer(
-            t, W2, b2, z1, y, dy, dz1, dW2p[p], db1p[p], db2p[p], lo, hi, scale, own
+            t, W2, b2, z1, y, dy, dz1, dW2p[p], db1p[p], db2p[p], lo, hi, scale, own, backward
         )
+    if not backward:
+        loss = 0.0
+        for p in range(blocks):
+            loss += lossp[p]
+        return loss / n
     if sparse:
         transpose_nonzeros(rowptr, cols, colptr, rows)
     for p in prange(blocks):
