@@ -57,12 +57,14 @@ def float_array(name, a, ndim=None, min_ndim=0):
 
 
 def updatable(name, p, ndim=None):
-    """``p`` itself, checked to be updatable in place: a writable, C-contiguous,
-    native-byte-order float32/float64 ndarray (no conversion: the caller's array is it)."""
+    """A ``frozen`` view of ``p`` (its memory: updating the view updates ``p``), checked to
+    be updatable in place: a writable, C-contiguous, native-byte-order float32/float64
+    ndarray (no conversion: the caller's array is it)."""
     if not isinstance(p, np.ndarray):
         raise TypeError(
             f"{name} must be a NumPy array (it is updated in place), got {type(p).__name__}"
         )
+    p = frozen(p)
     float_array(name, p, ndim=ndim)
     if not (p.flags.c_contiguous and p.flags.writeable and p.dtype.isnative):
         raise ValueError(
