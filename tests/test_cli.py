@@ -127,9 +127,10 @@ def test_data_directory(capsys, tmp_path):
     assert (tmp_path / "c.png").exists()
 
 
-def test_missing_data_directory_files_are_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
-        cli.main(["train", "--data", str(tmp_path), "--no-progress"])
+def test_missing_data_directory_files_are_named(capsys, tmp_path):
+    assert cli.main(["train", "--data", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastbp: error: ") and "train-images-idx3-ubyte" in err
 
 
 @pytest.mark.parametrize(
