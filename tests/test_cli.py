@@ -138,7 +138,7 @@ def test_missing_data_directory_files_are_named(capsys, tmp_path):
     [
         (["--layers", "10,x"], "expected positive integers"),
         (["--layers", "10", "--hidden", "5"], "not allowed with argument"),
-        (["--lr", "-1"], "must be > 0"),
+        (["--lr", "-1"], "must be a finite number > 0"),
         (["--optimizer", "rmsprop"], "invalid choice"),
         (["--dtype", "float16"], "invalid choice"),
     ],
