@@ -20,9 +20,9 @@ callable runs once first (compilation and caches out of the way); then, timeit-s
 gets a number of calls per sample so that one sample takes at least ``min_time``, and the
 samples of all the callables of a case are taken interleaved, so background load hits them
 alike. A row reports the median time per call of each and the ratios, all from one run.
-The user loop alternates the variants in blocks of iterations the same way, with a pause
-between blocks (``SETTLE_SECONDS``) so one variant's BLAS threads do not spill into the
-next. Nothing here
+The user loop alternates the variants in blocks of iterations the same way, each block
+starting with untimed iterations (``SETTLE_SECONDS``) so that one variant's BLAS threads do
+not spill into the next one's times. Nothing here
 sets thread variables: the numbers are those of the user's default environment.
 """
 
@@ -298,20 +298,23 @@ def run_case(case, settings):
 # -- the user loop ---------------------------------------------------------------------
 
 
-# Untimed pause before each block of the user loop: longer than NumPy's OpenBLAS workers
-# keep spinning after a multi-threaded call (measured ~100 ms), so that the book's
-# variant does not leave its BLAS threads spinning into the next variant's block; each
-# block then starts as it would in a process running that variant alone.
+# Untimed iterations at the start of each block of the user loop, for this long: longer
+# than NumPy's OpenBLAS workers keep spinning after the book's variant (measured ~100 ms)
+# and than this VM takes to come back to speed after a pause, so that each block times
+# the steady state of one variant, as in a process running it alone.
 SETTLE_SECONDS = 0.15
 
 
 def _loop_block(loop, record, done, block, per_epoch):
     """Run ``block`` iterations of ``loop`` (phases, accuracy), the accuracy whenever the
     iteration count ``done`` is a multiple of ``per_epoch``; append the times to
-    ``record``; return the new count."""
+    ``record``; return the new count. Untimed iterations for ``SETTLE_SECONDS`` first."""
     phases, accuracy = loop
     clock = time.perf_counter
-    time.sleep(SETTLE_SECONDS)
+    settle = clock() + SETTLE_SECONDS
+    while clock() < settle:
+        for fn in phases.values():
+            fn()
     for _ in range(block):
         if done % per_epoch == 0:
             start = clock()
