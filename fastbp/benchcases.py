@@ -305,22 +305,25 @@ def layers_step(params, x, t, lr=BOOK_LR):
     return sgd_step(net, x, t, lr, functools.partial(nets.LayerNet.gradient, net))
 
 
-def fused_sgd_step(params, x, t, lr=BOOK_LR):
-    """The same step as one compiled call, ``fastbp.fused.TwoLayerStep.sgd_step``.
-
-    Updates ``params`` (W1, b1, W2, b2 of one dtype) in place.
+def fused_sgd_step(params, x, t, lr=BOOK_LR, sparse="auto"):
+    """The same step as one compiled call, ``fastbp.fused.TwoLayerStep.sgd_step``
+    (``sparse``: its first-layer choice). Updates ``params`` (W1, b1, W2, b2 of one
+    dtype) in place.
     """
-    step = fused.TwoLayerStep.from_params(params)
+    step = fused.TwoLayerStep.from_params(params, sparse=sparse)
     return lambda: step.sgd_step(x, t, lr)
 
 
 # Train-step columns: name -> builder(params, x, t) of a zero-argument step that updates
 # params in place. "fastbp" and "reference" are the book's step on fastbp.nets and on the
-# book's classes; "fused" and "layers" are the two ways fastbp.nets can take it.
+# book's classes; "fused" and "layers" are the two ways fastbp.nets can take it; "dense"
+# and "sparse" the fused step with its first layer forced each way ("fused" chooses).
 STEP_BUILDERS = {
     "fastbp": nets_step,
     "reference": reference_step,
     "fused": fused_sgd_step,
+    "dense": functools.partial(fused_sgd_step, sparse=False),
+    "sparse": functools.partial(fused_sgd_step, sparse=True),
     "layers": layers_step,
 }
 

@@ -86,7 +86,8 @@ USER_LOOP_LABELS = {
     "book+layers": "the book's TwoLayerNet over fastbp.layers",
     "nets": "fastbp.nets.TwoLayerNet",
 }
-STEP_COLUMNS = ("fused", "layers")  # train-step columns besides fastbp and reference
+# Train-step columns besides fastbp and reference.
+STEP_COLUMNS = ("fused", "dense", "sparse", "layers")
 PER_GEMM = {"fastbp": "fastbp", "fused": "fused", "layers": "layers", "reference": "ref"}
 
 
