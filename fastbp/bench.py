@@ -131,8 +131,26 @@ def _calls_per_sample(fn, min_time):
     return number
 
 
-def medians(fns, settings):
-    """Median seconds per call of each callable, their samples interleaved."""
+# Untimed calls before each block of samples (user loop, train steps), for this long: longer
+# than NumPy's OpenBLAS workers keep spinning after the book's variant (measured ~100 ms)
+# and than this VM takes to come back to speed after a pause, so that each block times
+# the steady state of one variant, as in a process running it alone.
+SETTLE_SECONDS = 0.15
+# Sections of whole train steps: sampled in blocks per column, each after settling.
+BLOCKED_SECTIONS = ("train", "peers")
+
+
+def _settle(fn):
+    """Untimed calls of ``fn`` for ``SETTLE_SECONDS`` (see there)."""
+    end = time.perf_counter() + SETTLE_SECONDS
+    while time.perf_counter() < end:
+        fn()
+
+
+def medians(fns, settings, blocked=False):
+    """Median seconds per call of each callable, their samples interleaved; ``blocked``:
+    in two rounds of consecutive samples per callable instead, each after ``_settle``
+    (for whole train steps, whose thread pools must not spill into each other's times)."""
     for fn in fns:
         fn()
     numbers = [_calls_per_sample(fn, settings.min_time) for fn in fns]
@@ -141,7 +159,12 @@ def medians(fns, settings):
     gc.disable()
     start = time.perf_counter()
     try:
-        for i in range(settings.repeat):
+        if blocked:
+            for order in (1, -1):
+                for fn, number, times in list(zip(fns, numbers, samples, strict=True))[::order]:
+                    _settle(fn)
+                    times.extend(_sample(fn, number) / number for _ in range(settings.repeat))
+        for i in range(0 if blocked else settings.repeat):
             if i >= settings.min_repeat and time.perf_counter() - start > settings.max_time:
                 break
             for fn, number, times in zip(fns, numbers, samples, strict=True):
@@ -278,7 +301,8 @@ def run_case(case, settings):
     names = list(columns)
     row = {"section": case.section, "case": case.name, "dtype": case.dtype}
     row.update(columns=names, baseline=case.baseline)
-    row.update(zip(names, medians(list(columns.values()), settings), strict=True))
+    blocked = case.section in BLOCKED_SECTIONS
+    row.update(zip(names, medians(list(columns.values()), settings, blocked), strict=True))
     for name in names:
         if name != case.baseline:
             row[f"{name}_speedup"] = row[case.baseline] / row[name]
@@ -298,23 +322,13 @@ def run_case(case, settings):
 # -- the user loop ---------------------------------------------------------------------
 
 
-# Untimed iterations at the start of each block of the user loop, for this long: longer
-# than NumPy's OpenBLAS workers keep spinning after the book's variant (measured ~100 ms)
-# and than this VM takes to come back to speed after a pause, so that each block times
-# the steady state of one variant, as in a process running it alone.
-SETTLE_SECONDS = 0.15
-
-
 def _loop_block(loop, record, done, block, per_epoch):
     """Run ``block`` iterations of ``loop`` (phases, accuracy), the accuracy whenever the
     iteration count ``done`` is a multiple of ``per_epoch``; append the times to
     ``record``; return the new count. Untimed iterations for ``SETTLE_SECONDS`` first."""
     phases, accuracy = loop
     clock = time.perf_counter
-    settle = clock() + SETTLE_SECONDS
-    while clock() < settle:
-        for fn in phases.values():
-            fn()
+    _settle(lambda: [fn() for fn in phases.values()])
     for _ in range(block):
         if done % per_epoch == 0:
             start = clock()
