@@ -195,7 +195,7 @@ def train_step(
     cols, rows = nz[n + k + 2 : n + k + 2 + n + cap], nz[n + k + 2 + n + cap :]
     sparse = False
     if max_nnz >= 0:
-        for i in prange(n):
+        for i in range(n):  # serial: cheaper than waking a thread for one pass over x
             rowptr[i + 1] = count_row(x, i)
         rowptr[0] = 0
         for i in range(n):
