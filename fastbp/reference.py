@@ -478,9 +478,7 @@ class BatchNormalization:
             self.running_mean = m * self.running_mean + (1 - m) * mu
             self.running_var = m * self.running_var + (1 - m) * var
         else:
-            out = batchnorm_inference(
-                x, self.gamma, self.beta, self.running_mean, self.running_var
-            )
+            out = batchnorm_inference(x, self.gamma, self.beta, self.running_mean, self.running_var)
         return out.reshape(self.input_shape)
 
     def backward(self, dout):

@@ -9,7 +9,7 @@ from fastbp.kernels.batchnorm import batchnorm_backward, batchnorm_forward, batc
 from fastbp.kernels.conv import col2im, conv_backward, conv_forward, im2col
 from fastbp.kernels.dispatch import CROSSOVER, force_path
 from fastbp.kernels.dropout import dropout_backward, dropout_forward
-from fastbp.kernels.pooling import maxpool_backward, maxpool_forward
+from fastbp.kernels.pooling import maxpool2x2_forward, maxpool_backward, maxpool_forward
 from fastbp.kernels.relu import relu_backward, relu_forward
 from fastbp.kernels.sigmoid import sigmoid_backward, sigmoid_forward
 from fastbp.kernels.softmax_ce import softmax_ce_backward, softmax_ce_forward
@@ -28,6 +28,7 @@ __all__ = [
     "dropout_forward",
     "force_path",
     "im2col",
+    "maxpool2x2_forward",
     "maxpool_backward",
     "maxpool_forward",
     "relu_backward",

@@ -8,9 +8,8 @@ no two threads ever add into the same sum.
 """
 
 import numpy as np
-from numba import prange
-
 from fastbp.kernels.dispatch import twin
+from numba import prange
 
 # Columns per parallel task.
 COLUMN_BLOCK = 64

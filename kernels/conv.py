@@ -14,10 +14,9 @@ BLAS calls outside any parallel loop (``conv_forward``/``conv_backward`` run one
 ``im2col``/``col2im`` (whole batches, parallel over images) serve ``fastbp.util``.
 """
 
-from numba import njit, prange
-
 from fastbp.kernels.blas import gemm
 from fastbp.kernels.dispatch import FASTMATH, twin
+from numba import njit, prange
 
 OPTIONS = {"cache": True, "nogil": True, "fastmath": FASTMATH, "error_model": "numpy"}
 

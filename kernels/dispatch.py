@@ -56,6 +56,7 @@ CROSSOVER = {
     "im2col": 1 << 16,
     "col2im": 1 << 16,
     "maxpool_forward": 1 << 15,
+    "maxpool2x2_forward": 1 << 16,
     "maxpool_backward": 1 << 15,
     "batchnorm_forward": 1 << 16,
     "batchnorm_inference": 1 << 16,
