@@ -52,6 +52,13 @@ def configure_train(parser):
         help="directory with the four MNIST IDX files "
         "(train-images-idx3-ubyte[.gz], ...); default: the embedded data",
     )
+    parser.add_argument(
+        "--model",
+        choices=["mlp", "convnet"],
+        default="mlp",
+        help="mlp (default): TwoLayerNet, or MultiLayerNet with --layers; convnet: the "
+        "book's ch07 SimpleConvNet (conv 30x5x5 - relu - pool - affine 100 - relu - affine)",
+    )
     net = parser.add_mutually_exclusive_group()
     net.add_argument(
         "--hidden", type=positive(int), default=50, help="hidden units of TwoLayerNet (default 50)"
@@ -119,8 +126,10 @@ def configure_train(parser):
 
 def build_net(args, rng):
     """The network the arguments describe (784 inputs, 10 classes)."""
-    from fastbp.nets import MultiLayerNet, TwoLayerNet
+    from fastbp.nets import MultiLayerNet, SimpleConvNet, TwoLayerNet
 
+    if args.model == "convnet":
+        return SimpleConvNet(dtype=args.dtype, rng=rng)
     if args.layers:
         return MultiLayerNet(
             784,
@@ -136,7 +145,9 @@ def build_net(args, rng):
 
 
 def describe(args, lr):
-    if args.layers:
+    if args.model == "convnet":
+        net = "SimpleConvNet((1, 28, 28), 30 filters 5x5, hidden 100, 10)"
+    elif args.layers:
         net = f"MultiLayerNet(784, {args.layers}, 10, {args.activation!r}"
         net += f", weight_decay_lambda={args.weight_decay})" if args.weight_decay else ")"
     else:
@@ -164,7 +175,7 @@ def run_train(args):
         comm = init_rank()
     seeds = np.random.SeedSequence(args.seed).spawn(2)
     init_rng, order_rng = (np.random.default_rng(s) for s in seeds)
-    (x, t), (x_test, t_test) = load_mnist(data_dir=args.data)
+    (x, t), (x_test, t_test) = load_mnist(data_dir=args.data, flatten=args.model != "convnet")
     data = ((x.astype(args.dtype), t), (x_test.astype(args.dtype), t_test))
     source = args.data or "embedded MNIST t10k split"
     print(f"data: {source}: {len(x):,} training, {len(x_test):,} test images")

@@ -54,6 +54,11 @@ class ConvNet:
         self.params[f"W{i}"], self.params[f"b{i}"] = W, b
         return W, b
 
+    @property
+    def lastLayer(self):  # noqa: N802 (TwoLayerNet's name, read by fastbp.train)
+        """``last_layer`` under TwoLayerNet's name."""
+        return self.last_layer
+
     def _sequence(self):
         return list(self.layers.values()) if isinstance(self.layers, dict) else self.layers
 

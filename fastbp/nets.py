@@ -295,6 +295,11 @@ class MultiLayerNetExtend:
                 self.layers[f"Dropout{idx}"] = Dropout(dropout_ration)
         self.last_layer = SoftmaxWithLoss()
 
+    @property
+    def lastLayer(self):  # noqa: N802 (TwoLayerNet's name, read by fastbp.train)
+        """``last_layer`` under TwoLayerNet's name."""
+        return self.last_layer
+
     def predict(self, x, train_flg=False):
         """Scores [N, output_size]; ``train_flg`` selects training mode for dropout and
         batch norm."""
