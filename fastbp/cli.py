@@ -83,7 +83,11 @@ def configure_train(parser):
         help="L2 weight decay of --layers (default 0)",
     )
     parser.add_argument("--batch", type=positive(int), default=100, help="batch size (100)")
-    parser.add_argument("--optimizer", choices=list(OPTIMIZERS), default="sgd", help="default sgd")
+    parser.add_argument(
+        "--optimizer",
+        choices=list(OPTIMIZERS),
+        help="default sgd (momentum for --model convnet: 97%% test accuracy in 17 epochs)",
+    )
     parser.add_argument(
         "--lr",
         type=positive(float),
@@ -168,6 +172,7 @@ def run_train(args):
     from fastbp.data import load_mnist
     from fastbp.train import blas_threads, plot_history, train
 
+    args.optimizer = args.optimizer or ("momentum" if args.model == "convnet" else "sgd")
     comm = None
     if args.distributed:  # one rank of mpiexec -n N: abort all on error, only rank 0 prints
         from fastbp.distributed import DataParallel, init_rank

@@ -120,9 +120,9 @@ def numbers(text):
 def test_book_script_runs_with_the_books_results(trees, script):
     book_tree, fast_tree = trees
     for tree in trees:  # half_float_network reads what train_deepnet saves
-        if script.endswith("half_float_network.py"):
-            if not (tree / "ch08" / "deep_convnet_params.pkl").exists():
-                run(tree, "ch08/train_deepnet.py")
+        saved = tree / "ch08" / "deep_convnet_params.pkl"
+        if script.endswith("half_float_network.py") and not saved.exists():
+            run(tree, "ch08/train_deepnet.py")
     book_out, fast_out = run(book_tree, script), run(fast_tree, script)
     (book_lines, expected), (lines, got) = numbers(book_out), numbers(fast_out)
     assert lines == book_lines

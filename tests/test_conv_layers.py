@@ -1,3 +1,4 @@
+# ruff: noqa: NPY002 (the book draws from the global np.random state; the tests seed it)
 """Chapter 6-8 layers (Dropout, BatchNormalization, Convolution, Pooling) and fastbp.util
 against their NumPy twins in fastbp.reference, on both kernel builds.
 

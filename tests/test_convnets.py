@@ -1,3 +1,4 @@
+# ruff: noqa: NPY002 (the book draws from the global np.random state; the tests seed it)
 """SimpleConvNet, DeepConvNet, MultiLayerNetExtend, Nesterov, RMSprop and Trainer.
 
 Gradient checks against numerical gradients; the book's own classes (from ../shared/book,
