@@ -41,6 +41,9 @@ class ConvNet:
     """What both nets share; subclasses fill ``params``, ``layers`` and ``param_layers``
     (the layer holding W{i} and b{i}, in order)."""
 
+    # Layers whose forward takes train_flg.
+    train_mode_layers = (Dropout, BatchNormalization)
+
     def _init(self, dtype, rng):
         self._dtype = _dtype(dtype)
         self._rng = None if rng is None else np.random.default_rng(rng)
@@ -66,7 +69,7 @@ class ConvNet:
         """Scores [N, output_size] of images x[N, C, H, W]; ``train_flg`` selects training
         mode for dropout."""
         for layer in self._sequence():
-            if isinstance(layer, (Dropout, BatchNormalization)):
+            if isinstance(layer, self.train_mode_layers):
                 x = layer.forward(x, train_flg)
             else:
                 x = layer.forward(x)
