@@ -6,6 +6,6 @@ from ._pairs import define as _define
 
 _define(
     globals(),
-    benchcases.kernel_pair,
+    benchcases.kernel_case,
     {"Affine": "affine", "Relu": "relu", "Sigmoid": "sigmoid", "SoftmaxCE": "softmax_ce"},
 )

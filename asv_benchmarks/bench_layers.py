@@ -6,6 +6,6 @@ from ._pairs import define as _define
 
 _define(
     globals(),
-    benchcases.layer_pair,
+    benchcases.layer_case,
     {family: family for family in benchcases.LAYER_FAMILIES},
 )

@@ -1,3 +1,8 @@
 """fastbp: Numba-compiled drop-in layers for backpropagation."""
 
-__version__ = "0.1.0"
+import importlib.metadata
+
+try:
+    __version__ = importlib.metadata.version("fastbp")  # the one source: pyproject.toml
+except importlib.metadata.PackageNotFoundError:  # run from a checkout without installing
+    __version__ = "unknown"

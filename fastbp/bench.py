@@ -1,30 +1,38 @@
-"""``fastbp bench``: time fastbp against the NumPy reference, side by side, in one process.
+"""``fastbp bench``: time fastbp against the book's NumPy code, side by side, in one process.
 
-Method: each case is a pair (or more) of zero-argument callables from
-``fastbp.benchcases``. Every callable runs once first (compilation and caches out of the
-way); then, timeit-style, each gets a number of calls per sample so that one sample takes
-at least ``min_time``, and samples of all the callables of a case are taken interleaved,
-so background load hits them alike. A row reports the median time per call of each and
-the ratio reference / fastbp (the speed-up), all from the same run.
+Sections (``--section``, default userloop,kernels,layers,train; they run in this order):
 
-Train-step rows add the "bare GEMM" yardstick: the summed medians of the five np.dot
-calls the step needs, and step / bare GEMM for fastbp and the reference (1.0 would mean
-everything but the matrix products is free). PyTorch and JAX columns appear when those
-packages happen to be importable; neither is a dependency.
+- userloop: the book's ch05/train_neuralnet.py loop on real MNIST, phase by phase, for the
+  book's classes, the book's TwoLayerNet over fastbp.layers and fastbp.nets.TwoLayerNet
+  (first, so that its "book-alone" row is the book's code before any fastbp code ran);
+- kernels, layers: each kernel and drop-in layer against the NumPy reference;
+- train: one SGD step of TwoLayerNet(784, H, 10): fastbp.nets, the book's classes, the
+  fused step and fastbp's layers one by one, next to the yardstick "bare GEMM": the summed
+  medians of the step's five np.dot calls on one BLAS thread (step / bare GEMM = 1 would
+  mean everything but the matrix products is free; below 1 the step uses both cores);
+- peers: the train step and the user loop's gradient in PyTorch (eager, torch.compile) and
+  JAX (jit), when they are installed (they are not dependencies);
+- crossover: serial vs parallel build of every kernel over sizes, next to CROSSOVER;
+- distributed: data-parallel training over MPI ranks (needs the [mpi] extra).
 
-``--crossover`` instead times the serial and parallel builds of every kernel over a
-ladder of sizes and prints where the parallel build starts to win, next to
-``fastbp.kernels.CROSSOVER``.
+Method: each case is a set of zero-argument callables from ``fastbp.benchcases``. Every
+callable runs once first (compilation and caches out of the way); then, timeit-style, each
+gets a number of calls per sample so that one sample takes at least ``min_time``, and the
+samples of all the callables of a case are taken interleaved, so background load hits them
+alike. A row reports the median time per call of each and the ratios, all from one run.
+The user loop alternates the variants in blocks of iterations the same way, each block
+starting with untimed iterations (``SETTLE_SECONDS``) so that one variant's BLAS threads do
+not spill into the next one's times. Nothing here
+sets thread variables: the numbers are those of the user's default environment.
 """
 
 import argparse
-import contextlib
 import dataclasses
 import datetime
 import functools
 import gc
+import importlib.metadata
 import importlib.util
-import itertools
 import json
 import os
 import platform
@@ -34,22 +42,21 @@ import time
 import numba
 import numpy as np
 
-from fastbp import benchcases, kernels
+from fastbp import benchcases, kernels, report
 from fastbp.kernels import CROSSOVER
-from fastbp.kernels import optimizers as update_kernels
 from fastbp.kernels.dispatch import NEVER
+from fastbp.train import blas_threads
 
-IMPLS = benchcases.IMPLS
-OTHER_FRAMEWORKS = {"torch": benchcases.torch_step, "jax": benchcases.jax_step}
-# Train-step columns besides fastbp and reference: the fused step, the layer-by-layer
-# step, then other frameworks.
-STEP_COLUMNS = {"fused": benchcases.fused_step, "layers": benchcases.layers_step}
+# In the order they run.
+SECTIONS = ("userloop", "kernels", "layers", "train", "crossover", "peers", "distributed")
+DEFAULT_SECTIONS = ("userloop", "kernels", "layers", "train")
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """What to run and how long to sample."""
 
+    quick: bool
     min_time: float  # seconds per sample, at least
     repeat: int  # samples per callable (the median is reported), at most ...
     min_repeat: int  # ... and at least, stopping in between once a case has run
@@ -57,10 +64,16 @@ class Settings:
     shapes: tuple
     affine_shapes: tuple
     train_sizes: tuple
-    ladder: tuple  # element counts for --crossover
+    peer_sizes: tuple
+    ladder: tuple  # element counts of the crossover ladder
+    loop_rounds: int  # user loop: rounds, each one block of iterations per variant
+    loop_block: int
+    distributed: tuple  # (hidden, global batch, timed steps)
+    user_loop_phases: tuple = (*benchcases.USER_LOOP_PHASES, "accuracy")
 
 
 FULL = Settings(
+    quick=False,
     min_time=0.01,
     repeat=11,
     min_repeat=5,
@@ -68,9 +81,14 @@ FULL = Settings(
     shapes=benchcases.SHAPES[:4],  # asv covers 4096x4096
     affine_shapes=benchcases.AFFINE_SHAPES,
     train_sizes=benchcases.TRAIN_SIZES,
+    peer_sizes=benchcases.PEER_SIZES,
     ladder=tuple(1 << p for p in range(10, 23)),  # 1K .. 4M elements
+    loop_rounds=40,  # 800 iterations (10 of the book's epochs) per variant
+    loop_block=20,
+    distributed=(benchcases.BOOK_HIDDEN, benchcases.BOOK_BATCH, 300),
 )
 QUICK = Settings(
+    quick=True,
     min_time=0.001,
     repeat=3,
     min_repeat=3,
@@ -78,9 +96,19 @@ QUICK = Settings(
     shapes=((100, 50),),
     affine_shapes=((100, 784, 50),),
     train_sizes=((50, 100),),
+    peer_sizes=((50, 100),),
     ladder=tuple(1 << p for p in range(10, 23, 4)),
+    loop_rounds=2,
+    loop_block=5,
+    distributed=(8, 10, 2),
 )
-MNIST_HIDDEN, MNIST_BATCH = 50, 100  # the book's ch.5 train_neuralnet.py
+# Fused train step ladder of --section crossover: hidden units (batch from n multiply-adds).
+LADDER_TRAIN_HIDDEN = 100
+# Ladder shapes of the 2-D kernels for n elements: affine x[N, K] @ W[K, M] with n
+# multiply-adds (N = n // (K * M): the GEMM kernels' size in CROSSOVER); softmax_ce over
+# n // C rows of C classes.
+LADDER_K, LADDER_M = 50, 100
+LADDER_KERNELS = (*benchcases.CORE_KERNELS, *benchcases.UPDATE_ARGS, "train_step")
 
 
 # -- timing ----------------------------------------------------------------------------
@@ -129,12 +157,13 @@ def medians(fns, settings):
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    """One row: ``build()`` returns {column: callable}, with "fastbp" and "reference"."""
+    """One row: ``build()`` returns {column: callable}; ratios are baseline / column."""
 
     section: str
     name: str
     dtype: str
     build: object
+    baseline: str = "reference"
     yardstick: object = None  # () -> [(label, callable)], the train step's bare GEMMs
 
     @property
@@ -145,76 +174,102 @@ class Case:
 def _pair_cases(section, families, builder, settings):
     for family in families:
         shapes = settings.affine_shapes if family.lower() == "affine" else settings.shapes
-        for direction in (0, 1):
-            verb = ("forward", "backward")[direction]
-            name = f"{family}_{verb}" if section == "kernel" else f"{family}.{verb}"
+        for direction, verb in enumerate(("forward", "backward")):
+            name = f"{family}_{verb}" if section == "kernels" else f"{family}.{verb}"
             for shape in shapes:
                 for dtype in benchcases.DTYPES:
 
                     def build(family=family, shape=shape, dtype=dtype, direction=direction):
                         return {
-                            impl: builder(family, impl, shape, dtype)[direction] for impl in IMPLS
+                            impl: builder(family, impl, shape, dtype)[direction]
+                            for impl in benchcases.IMPLS
                         }
 
                     yield Case(section, f"{name} {benchcases.shape_name(shape)}", dtype, build)
 
 
-def _with_others(columns, params, x, t, builders):
-    """Add a train-step column per {name: step builder}, each on its own copy of params.
-
-    A builder whose framework fails to import is left out.
-    """
-    for name, make_step in builders.items():
-        with contextlib.suppress(ImportError):
-            columns[name] = make_step({k: v.copy() for k, v in params.items()}, x, t)
-    return columns
-
-
-def _train_case(name, dtype, hidden, batch, batch_of, frameworks):
-    """A train-step row: ``batch_of()`` gives (x, t) of ``batch`` rows; params ``dtype``."""
+def _step_case(section, name, dtype, hidden, batch_of, builders):
+    """A train-step row: ``batch_of()`` gives (x, t); params ``dtype``; a column per
+    {name: step builder}, each on its own copy of the same params."""
 
     def build():
         x, t = batch_of()
-        nets = {impl: benchcases.two_layer_net(impl, hidden, dtype) for impl in IMPLS}
-        columns = {impl: benchcases.sgd_step(net, x, t) for impl, net in nets.items()}
-        extra = {**STEP_COLUMNS, **frameworks}
-        return _with_others(columns, nets["reference"].params, x, t, extra)
+        params = benchcases.two_layer_params(hidden, dtype)
+        return {
+            column: make_step({k: v.copy() for k, v in params.items()}, x, t)
+            for column, make_step in builders.items()
+        }
 
     def yardstick():
-        return benchcases.bare_gemms(hidden, batch, dtype)
+        return benchcases.bare_gemms(hidden, len(batch_of()[0]), dtype)
 
-    return Case("train", name, dtype, build, yardstick)
+    return Case(section, name, dtype, build, yardstick=yardstick)
 
 
-def cases(settings, frameworks):
-    """Every row of the table, in order (nothing is built until a row runs)."""
-    yield from _pair_cases("kernel", benchcases.KERNEL_FAMILIES, benchcases.kernel_pair, settings)
-    yield from _pair_cases("layer", benchcases.LAYER_FAMILIES, benchcases.layer_pair, settings)
+def _batch_of(batch, dtype):
+    return functools.partial(benchcases.train_batch, batch, dtype)
+
+
+def train_cases(settings):
+    builders = benchcases.STEP_BUILDERS
     for hidden, batch in settings.train_sizes:
         for dtype in benchcases.DTYPES:
-
-            def batch_of(batch=batch, dtype=dtype):
-                return benchcases.train_batch(batch, dtype)
-
             name = f"H={hidden} B={batch}"
-            yield _train_case(name, dtype, hidden, batch, batch_of, frameworks)
-    book = f"mnist H={MNIST_HIDDEN} B={MNIST_BATCH}"
-    yield _train_case(
-        f"{book} x:f32 t,W:f64",  # the book's own dtypes
-        "float64",
-        MNIST_HIDDEN,
-        MNIST_BATCH,
-        lambda: benchcases.mnist_batch(MNIST_BATCH),
-        frameworks,
-    )
-    yield _train_case(
-        book,
-        "float32",
-        MNIST_HIDDEN,
-        MNIST_BATCH,
-        lambda: benchcases.mnist_batch(MNIST_BATCH, "float32"),
-        frameworks,
-    )
+            yield _step_case("train", name, dtype, hidden, _batch_of(batch, dtype), builders)
+    hidden, batch = benchcases.BOOK_HIDDEN, benchcases.BOOK_BATCH
+    book = f"mnist H={hidden} B={batch}"
+    mnist = functools.partial(benchcases.mnist_batch, batch)
+    # The book's own dtypes (float32 images, float64 labels and weights), then float32.
+    yield _step_case("train", f"{book} x:f32 t,W:f64", "float64", hidden, mnist, builders)
+    mnist32 = functools.partial(benchcases.mnist_batch, batch, "float32")
+    yield _step_case("train", book, "float32", hidden, mnist32, builders)
+
+
+def available_peers():
+    """The ``benchcases.PEER_STEPS`` columns whose framework is installed."""
+    return [
+        name
+        for name, module in benchcases.PEER_MODULES.items()
+        if importlib.util.find_spec(module) is not None
+    ]
+
+
+def peer_cases(settings):
+    """The train step at PEER_SIZES and the user loop's gradient, with other frameworks."""
+    peers = available_peers()
+    for hidden, batch in settings.peer_sizes:
+        for dtype in benchcases.DTYPES:
+            builders = {
+                "book": benchcases.reference_step,
+                "fused": benchcases.fused_sgd_step,
+                **{name: benchcases.PEER_STEPS[name] for name in peers},
+            }
+            name = f"step 784-{hidden}-10 B={batch}"
+            case = _step_case("peers", name, dtype, hidden, _batch_of(batch, dtype), builders)
+            yield dataclasses.replace(case, baseline="book")
+
+    def build():
+        params = benchcases.user_loop_net("book").params
+        gradients = {v: benchcases.user_loop_net(v).gradient for v in benchcases.USER_LOOP_VARIANTS}
+        gradients.update({name: benchcases.PEER_GRADIENTS[name](params) for name in peers})
+        return {
+            name: benchcases.gradient_on_fresh_batches(gradient)
+            for name, gradient in gradients.items()
+        }
+
+    yield Case("peers", "user-loop gradient (fresh MNIST batches)", "x:f32 W:f64", build, "book")
+
+
+def cases(settings, sections):
+    """Every timed row of the table sections, in order (built only when a row runs)."""
+    if "kernels" in sections:
+        yield from _pair_cases(
+            "kernels", benchcases.KERNEL_FAMILIES, benchcases.kernel_case, settings
+        )
+    if "layers" in sections:
+        yield from _pair_cases("layers", benchcases.LAYER_FAMILIES, benchcases.layer_case, settings)
+    if "train" in sections:
+        yield from train_cases(settings)
 
 
 def run_case(case, settings):
@@ -222,13 +277,17 @@ def run_case(case, settings):
     columns = case.build()
     names = list(columns)
     row = {"section": case.section, "case": case.name, "dtype": case.dtype}
+    row.update(columns=names, baseline=case.baseline)
     row.update(zip(names, medians(list(columns.values()), settings), strict=True))
-    row["speedup"] = row["reference"] / row["fastbp"]
-    for name in (name for name in names if name not in IMPLS):
-        row[f"{name}_speedup"] = row["reference"] / row[name]
+    for name in names:
+        if name != case.baseline:
+            row[f"{name}_speedup"] = row[case.baseline] / row[name]
+    if "fastbp_speedup" in row:
+        row["speedup"] = row.pop("fastbp_speedup")
     if case.yardstick is not None:
         gemms = case.yardstick()
-        times = medians([fn for _, fn in gemms], settings)
+        with blas_threads(1):  # the yardstick: single-threaded BLAS (sets no variable)
+            times = medians([fn for _, fn in gemms], settings)
         row["gemm"] = sum(times)
         row["gemm_parts"] = dict(zip((label for label, _ in gemms), times, strict=True))
         for name in names:
@@ -236,53 +295,102 @@ def run_case(case, settings):
     return row
 
 
+# -- the user loop ---------------------------------------------------------------------
+
+
+# Untimed iterations at the start of each block of the user loop, for this long: longer
+# than NumPy's OpenBLAS workers keep spinning after the book's variant (measured ~100 ms)
+# and than this VM takes to come back to speed after a pause, so that each block times
+# the steady state of one variant, as in a process running it alone.
+SETTLE_SECONDS = 0.15
+
+
+def _loop_block(loop, record, done, block, per_epoch):
+    """Run ``block`` iterations of ``loop`` (phases, accuracy), the accuracy whenever the
+    iteration count ``done`` is a multiple of ``per_epoch``; append the times to
+    ``record``; return the new count. Untimed iterations for ``SETTLE_SECONDS`` first."""
+    phases, accuracy = loop
+    clock = time.perf_counter
+    settle = clock() + SETTLE_SECONDS
+    while clock() < settle:
+        for fn in phases.values():
+            fn()
+    for _ in range(block):
+        if done % per_epoch == 0:
+            start = clock()
+            accuracy()
+            record["accuracy"].append(clock() - start)
+        total = 0.0
+        for name, fn in phases.items():
+            start = clock()
+            fn()
+            elapsed = clock() - start
+            record[name].append(elapsed)
+            total += elapsed
+        record["iteration"].append(total)
+        done += 1
+    return done
+
+
+def user_loop_rows(settings):
+    """The book's ch05 loop for every variant, blocks of iterations alternating.
+
+    Per variant: the median of each phase over the iterations, of the iteration's total
+    (batch + gradient + update + loss), and of ``accuracy`` (all training and test
+    images, once per epoch as in the book); ``per_iteration`` = iteration + accuracy /
+    iterations per epoch. Ratios are book / variant. The GC stays as the user has it.
+    A first row, "book-alone", times the book's classes before any fastbp code has run
+    in the process (meaningful when this section runs first, as ``fastbp bench`` does):
+    fastbp's effect on the user's own NumPy code shows as book-alone vs book.
+    """
+    variants = benchcases.USER_LOOP_VARIANTS
+    per_epoch = benchcases.iterations_per_epoch()
+    names = (*settings.user_loop_phases, "iteration")
+    times = {v: {name: [] for name in names} for v in ("book-alone", *variants)}
+    loops = {"book": benchcases.user_loop(benchcases.user_loop_net("book"))}
+    blocks = max(1, settings.loop_rounds // 4)
+    _loop_block(loops["book"], {name: [] for name in names}, 1, 1, per_epoch)  # warm-up
+    done = {"book-alone": _loop_block(loops["book"], times["book-alone"], 0, 1, per_epoch)}
+    for _ in range(blocks):
+        done["book-alone"] = _loop_block(
+            loops["book"], times["book-alone"], done["book-alone"], settings.loop_block, per_epoch
+        )
+    loops.update({v: benchcases.user_loop(benchcases.user_loop_net(v)) for v in variants[1:]})
+    for variant in variants:  # compilation and caches out of the way
+        _loop_block(loops[variant], {name: [] for name in names}, 0, 1, per_epoch)
+        done[variant] = 0
+    for round_number in range(settings.loop_rounds):
+        shift = round_number % len(variants)
+        for variant in variants[shift:] + variants[:shift]:
+            done[variant] = _loop_block(
+                loops[variant], times[variant], done[variant], settings.loop_block, per_epoch
+            )
+    rows = []
+    for variant, record in times.items():
+        row = {"section": "userloop", "case": variant, "dtype": "x:f32 W:f64"}
+        row.update({name: statistics.median(t) for name, t in record.items()})
+        row["per_iteration"] = row["iteration"] + row["accuracy"] / per_epoch
+        row["iterations"] = done[variant]
+        row["iterations_per_epoch"] = per_epoch
+        rows.append(row)
+    book = rows[1]
+    for row in rows:
+        for name in names:
+            row[f"{name}_speedup"] = book[name] / row[name]
+        row["speedup"] = book["per_iteration"] / row["per_iteration"]
+    return rows
+
+
 # -- crossover -------------------------------------------------------------------------
 
-# Affine ladder shapes: out[n // M, M] from x[n // M, K] @ W[K, M].
-LADDER_K, LADDER_M = 50, 100
-SOFTMAX_CLASSES = 10
-TRAIN_STEP_HIDDEN = 100  # fused train step ladder: x[n // 784, 784], H = 100
-# Optimizer updates (param, grad, *state, *scalars): state arrays and scalar arguments.
-UPDATE_ARGS = {
-    "sgd_update": (0, (0.01,)),
-    "momentum_update": (1, (0.01, 0.9)),
-    "adagrad_update": (1, (0.01, 1e-7)),
-    "adam_update": (2, (0.001, 0.1, 0.001, 1e-7)),
-}
-CORE_KERNELS = tuple(
-    f"{family}_{verb}" for family in benchcases.KERNEL_FAMILIES for verb in ("forward", "backward")
-)
-LADDER_KERNELS = (*CORE_KERNELS, *UPDATE_ARGS, "train_step")
 
-
-def kernel_args(name, n, dtype):
-    """Arguments of kernel ``name`` (a core kernel or an optimizer update) whose first
-    array has ``n`` elements."""
-    normal = benchcases.normal
+def ladder_shape(name, n):
+    """The argument shape of kernel ``name`` whose first array has about ``n`` elements."""
     if name.startswith("affine"):
-        rows = max(1, n // LADDER_M)
-        out, x = np.empty((rows, LADDER_M), dtype), normal((rows, LADDER_K), dtype, 1)
-        W, b = normal((LADDER_K, LADDER_M), dtype, 2, 0.01), normal(LADDER_M, dtype, 3)
-        if name == "affine_forward":
-            return out, x, W, b
-        return normal(out.shape, dtype, 4), x, W, np.empty_like(x), np.empty_like(W), b, True
+        return max(1, n // (LADDER_K * LADDER_M)), LADDER_K, LADDER_M
     if name.startswith("softmax_ce"):
-        rows = max(1, n // SOFTMAX_CLASSES)
-        x, t = normal((rows, SOFTMAX_CLASSES), dtype, 1), benchcases.labels(rows, SOFTMAX_CLASSES)
-        if name == "softmax_ce_forward":
-            return x, t, np.empty_like(x)
-        return x, t, 1.0 / rows, np.empty_like(x)
-    x = normal(n, dtype, 1)
-    if name in UPDATE_ARGS:
-        states, scalars = UPDATE_ARGS[name]
-        return (x, normal(n, dtype, 2, 0.01), *(np.zeros_like(x) for _ in range(states)), *scalars)
-    extra = {
-        "relu_forward": (np.empty_like(x), x <= 0),
-        "relu_backward": (x <= 0, np.empty_like(x)),
-        "sigmoid_forward": (np.empty_like(x),),
-        "sigmoid_backward": (np.empty_like(x), np.empty_like(x)),
-    }
-    return (x, *extra[name])
+        return max(1, n // benchcases.CLASSES), benchcases.CLASSES
+    return (n,)
 
 
 def _on_path(path, fn):
@@ -294,12 +402,19 @@ def ladder_pair(name, n, dtype):
     """(serial, parallel) callables running kernel ``name`` with ``n`` elements in its
     first argument; the fused train step goes through ``fastbp.fused`` with a forced path."""
     if name == "train_step":
-        x, t = benchcases.train_batch(max(1, n // benchcases.INPUT_SIZE), dtype)
-        params = benchcases.two_layer_net("fastbp", TRAIN_STEP_HIDDEN, dtype).params
-        step = benchcases.fused_step(params, x, t)
+        batch = n // (benchcases.INPUT_SIZE * LADDER_TRAIN_HIDDEN)  # multiply-adds
+        x, t = benchcases.train_batch(max(1, batch), dtype)
+        params = benchcases.two_layer_params(LADDER_TRAIN_HIDDEN, dtype)
+        step = benchcases.fused_sgd_step(params, x, t)
         return tuple(functools.partial(_on_path, path, step) for path in ("serial", "parallel"))
-    kernel = getattr(update_kernels if name in UPDATE_ARGS else kernels, name)
-    args = kernel_args(name, n, np.dtype(dtype))
+    kernel = benchcases.kernel_function(name)
+    args = benchcases.kernel_args(name, ladder_shape(name, n), dtype)
+    if name.startswith("affine"):
+        serial = benchcases.gemm_plan_args(name, args, 1)
+        parallel = benchcases.gemm_plan_args(name, args, numba.get_num_threads())
+        return functools.partial(kernel.serial, *serial), functools.partial(
+            kernel.parallel, *parallel
+        )
     return functools.partial(kernel.serial, *args), functools.partial(kernel.parallel, *args)
 
 
@@ -336,109 +451,46 @@ def crossover_rows(settings, name_filter):
     return rows
 
 
-# -- output ----------------------------------------------------------------------------
+# -- machine ---------------------------------------------------------------------------
 
 
-def fmt_time(seconds):
-    """'12.3 us', '4.56 ms', '1.23 s' (three significant digits)."""
-    for unit, scale in (("s", 1.0), ("ms", 1e-3)):
-        if seconds >= scale:
-            return f"{seconds / scale:.3g} {unit}"
-    return f"{seconds / 1e-6:.3g} us"
-
-
-def fmt_size(n):
-    """1024 -> '1K', 4194304 -> '4M'; None -> 'none'; NEVER -> 'never'."""
-    if n is None:
-        return "none"
-    if n == NEVER:
-        return "never"
-    for unit, scale in (("M", 1 << 20), ("K", 1 << 10)):
-        if n >= scale and n % scale == 0:
-            return f"{n // scale}{unit}"
-    return str(n)
-
-
-def table(headers, rows):
-    """Fixed-width text table: first column left-aligned, the others right-aligned."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
-    lines = []
-    for i, cells in enumerate([headers, *rows]):
-        first = f"{cells[0]:<{widths[0]}}"
-        rest = (f"{cell:>{width}}" for cell, width in zip(cells[1:], widths[1:], strict=True))
-        lines.append("  ".join([first, *rest]).rstrip())
-        if i == 0:
-            lines.append("  ".join("-" * width for width in widths))
-    return "\n".join(lines)
-
-
-def _cell(row, key, fmt):
-    return fmt(row[key]) if key in row else "-"
-
-
-def _ratio(value):
-    return f"{value:.2f}x"
-
-
-def section_table(section, rows, frameworks):
-    """The table of one section ("kernel", "layer" or "train")."""
-    headers = [section, "dtype", "fastbp", "reference", "speed-up"]
-    keys = [("fastbp", fmt_time), ("reference", fmt_time), ("speedup", _ratio)]
-    if section == "train":
-        headers += ["fused", "speed-up", "layers", "speed-up", "bare GEMM"]
-        keys += [("fused", fmt_time), ("fused_speedup", _ratio)]
-        keys += [("layers", fmt_time), ("layers_speedup", _ratio), ("gemm", fmt_time)]
-        compared = {"fastbp": "fastbp", "fused": "fused", "layers": "layers", "reference": "ref"}
-        headers += [f"{short}/GEMM" for short in compared.values()]
-        keys += [(f"{name}_per_gemm", _ratio) for name in compared]
-        headers += list(frameworks)
-        keys += [(name, fmt_time) for name in frameworks]
-    body = [
-        [row["case"], row["dtype"], *(_cell(row, key, fmt) for key, fmt in keys)]
-        for row in rows
-        if row["section"] == section
-    ]
-    return table(headers, body) if body else ""
-
-
-def crossover_table(rows):
-    """Measured crossover per kernel and dtype, then the parallel speed-up ladder."""
-    dtypes = benchcases.DTYPES
-    by_kernel = {}
-    for row in rows:
-        by_kernel.setdefault(row["kernel"], {})[row["dtype"]] = row
-    summary = [
-        [name, fmt_size(CROSSOVER[name]), *(fmt_size(found[d]["measured"]) for d in dtypes)]
-        for name, found in by_kernel.items()
-    ]
-    parts = [table(["kernel", "CROSSOVER", *(f"measured {d}" for d in dtypes)], summary)]
-    for dtype in dtypes:
-        ladder_rows = [
-            [row["kernel"], *(f"{p['serial'] / p['parallel']:.3g}" for p in row["ladder"])]
-            for row in rows
-            if row["dtype"] == dtype
-        ]
-        if ladder_rows:
-            sizes = [fmt_size(p["size"]) for p in rows[0]["ladder"]]
-            title = f"serial / parallel time, {dtype} (> 1: parallel wins)"
-            parts.append(title + "\n" + table(["kernel", *sizes], ladder_rows))
-    unmeasured = sorted(set(CROSSOVER) - set(LADDER_KERNELS))
-    if unmeasured:
-        parts.append(f"no ladder case for (not measured): {', '.join(unmeasured)}")
-    return "\n\n".join(parts)
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def machine_info():
     """Where and how the numbers were taken."""
+    from fastbp import __version__
+
     info = {
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "fastbp": __version__,
         "python": platform.python_version(),
         "numpy": np.__version__,
         "numba": numba.__version__,
         "platform": platform.platform(),
+        "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "numba_threads": numba.get_num_threads(),
+        "threading_layer_env": os.environ.get("NUMBA_THREADING_LAYER", ""),
+        "thread_variables": {
+            name: os.environ[name]
+            for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
+            if name in os.environ
+        },
         "loadavg_start": os.getloadavg(),
+        "peers": {
+            module: importlib.metadata.version(module)
+            for module in sorted(set(benchcases.PEER_MODULES.values()))
+            if importlib.util.find_spec(module) is not None
+        },
     }
     try:
         from threadpoolctl import threadpool_info
@@ -455,16 +507,30 @@ def machine_info():
 # -- command line ----------------------------------------------------------------------
 
 
+def section_list(text):
+    """'kernels,train' -> ('kernels', 'train'); 'all' -> every section (argparse type)."""
+    names = SECTIONS if text == "all" else tuple(part.strip() for part in text.split(","))
+    unknown = [name for name in names if name not in SECTIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown section {', '.join(unknown)}: choose from {', '.join(SECTIONS)} or all"
+        )
+    return names
+
+
 def configure_parser(parser):
     """Add the ``bench`` options to ``parser`` (an argparse parser or subparser)."""
+    parser.add_argument(
+        "--section",
+        type=section_list,
+        default=DEFAULT_SECTIONS,
+        metavar="NAME[,NAME]",
+        help=f"sections to run: {', '.join(SECTIONS)} or all "
+        f"(default {','.join(DEFAULT_SECTIONS)})",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write every row as JSON to PATH")
     parser.add_argument(
         "--quick", action="store_true", help="one size per case and short runs (CI smoke test)"
-    )
-    parser.add_argument(
-        "--crossover",
-        action="store_true",
-        help="time serial vs parallel kernel builds over sizes 1K..4M and report crossovers",
     )
     parser.add_argument(
         "--filter",
@@ -475,40 +541,51 @@ def configure_parser(parser):
     return parser
 
 
-def available_frameworks():
-    """{name: step builder} of the other frameworks that are installed."""
-    return {
-        name: make_step
-        for name, make_step in OTHER_FRAMEWORKS.items()
-        if importlib.util.find_spec(name) is not None
-    }
+def _print(text):
+    if text:
+        print("\n" + text, flush=True)
 
 
 def main(args):
     """Run the benchmark described by parsed ``args``; print tables; return 0."""
     settings = QUICK if args.quick else FULL
+    sections = args.section
     info = machine_info()
     print(
-        f"fastbp bench: median of {settings.min_repeat}..{settings.repeat} samples of "
-        f">= {fmt_time(settings.min_time)} each"
+        f"fastbp bench {','.join(sections)}: median of {settings.min_repeat}..{settings.repeat} "
+        f"samples of >= {report.fmt_time(settings.min_time)} each"
         f"; {info['cpu_count']} CPUs, {info['numba_threads']} Numba threads, "
         f"load average {info['loadavg_start'][0]:.2f}",
         *(f"; BLAS: {blas}" for blas in info.get("blas", ())),
         sep="",
         flush=True,
     )
-    result = {"machine": info, "settings": dataclasses.asdict(settings)}
-    if args.crossover:
+    result = {"machine": info, "settings": dataclasses.asdict(settings), "rows": []}
+    if "userloop" in sections and args.filter in "userloop":  # first: before fastbp ran
+        result["rows"] += user_loop_rows(settings)
+        _print(report.section_text(result, "userloop"))
+    section = None
+    for case in cases(settings, sections):
+        if args.filter not in case.label:
+            continue
+        if case.section != section and section is not None:
+            _print(report.section_text(result, section))
+        section = case.section
+        result["rows"].append(run_case(case, settings))
+    if section is not None:
+        _print(report.section_text(result, section))
+    if "crossover" in sections:
         result["crossover"] = crossover_rows(settings, args.filter)
-        print(crossover_table(result["crossover"]))
-    else:
-        frameworks = available_frameworks()
-        result["rows"] = []
-        selected = (case for case in cases(settings, frameworks) if args.filter in case.label)
-        for section, group in itertools.groupby(selected, key=lambda case: case.section):
-            rows = [run_case(case, settings) for case in group]
-            result["rows"] += rows
-            print("\n" + section_table(section, rows, frameworks), flush=True)
+        _print(report.section_text(result, "crossover"))
+    if "peers" in sections:  # last in this process: other frameworks' threads stay around
+        peers = [case for case in peer_cases(settings) if args.filter in case.label]
+        result["rows"] += [run_case(case, settings) for case in peers]
+        _print(report.section_text(result, "peers"))
+    if "distributed" in sections:
+        from fastbp import benchdist
+
+        result["distributed"] = benchdist.bench(*settings.distributed)
+        _print(report.section_text(result, "distributed"))
     info["loadavg_end"] = os.getloadavg()
     print(f"\nload average at the end: {info['loadavg_end'][0]:.2f}")
     if args.json:

@@ -1,24 +1,31 @@
-"""Benchmark cases shared by ``asv_benchmarks/`` and ``fastbp bench``.
+"""The benchmark cases: the one registry that ``fastbp bench`` and ``asv_benchmarks/`` read.
 
 Every builder takes an implementation name (``"fastbp"`` or ``"reference"``), a size and a
 dtype name, builds seeded data, and returns zero-argument callables, so both tools time
 exactly the same work with the NumPy reference beside each fastbp number. A combination
 that makes no sense raises ``NotImplementedError`` (asv reads that as "skip").
 
-Kernel cases call ``fastbp.kernels`` with outputs allocated once up front (that is the
-kernels' contract) against the allocating ``fastbp.reference`` functions; layer cases call
-the drop-in classes against the book's classes, so they are the like-for-like comparison.
+- kernels: ``fastbp.kernels`` with outputs allocated once up front (the kernels' contract)
+  against the allocating ``fastbp.reference`` functions (``kernel_case``); the same
+  argument builder (``kernel_args``) feeds the serial/parallel crossover ladder;
+- layers: the drop-in classes against the book's classes (``layer_case``);
+- train steps: one SGD step of TwoLayerNet(784, H, 10) per ``STEP_BUILDERS`` entry, and the
+  same step in other frameworks (``PEER_STEPS``, used only when they are importable);
+- the user loop: the book's ``ch05/train_neuralnet.py`` iteration, phase by phase, for the
+  book's classes, the book's net over ``fastbp.layers`` and ``fastbp.nets`` (``user_loop``).
 """
 
 import functools
+import itertools
 
 import numba
 import numpy as np
 
 from fastbp import data, fused, kernels, layers, nets, reference
+from fastbp.kernels import affine
+from fastbp.kernels import optimizers as update_kernels
 
 IMPLS = ("fastbp", "reference")
-TRAIN_IMPLS = ("fastbp", "fused", "reference")  # fused: fastbp.fused, one call per step
 DTYPES = ("float32", "float64")
 
 # Shapes (N, M) of the inputs of the elementwise kernels and of softmax logits (N, C).
@@ -27,13 +34,25 @@ SHAPES = ((1, 50), (100, 10), (100, 50), (1000, 1000), (4096, 4096))
 AFFINE_SHAPES = ((1, 784, 50), (100, 784, 50), (100, 50, 10), (1000, 1000, 1000))
 # TwoLayerNet 784 -> hidden -> 10, trained on batches: (hidden, batch).
 TRAIN_SIZES = ((50, 100), (100, 100), (1024, 256), (50, 1))
+# The train-step sizes compared with other frameworks (section "peers").
+PEER_SIZES = ((50, 100), (1024, 256))
 INPUT_SIZE = 784
 CLASSES = 10
-LEARNING_RATE = 0.1
 PARAM_KEYS = ("W1", "b1", "W2", "b2")
+
+# The book's ch05/train_neuralnet.py: hidden units, batch size, learning rate.
+BOOK_HIDDEN, BOOK_BATCH, BOOK_LR = 50, 100, 0.1
 
 KERNEL_FAMILIES = ("affine", "relu", "sigmoid", "softmax_ce")
 LAYER_FAMILIES = ("Affine", "Relu", "Sigmoid", "SoftmaxWithLoss")
+CORE_KERNELS = tuple(f"{f}_{verb}" for f in KERNEL_FAMILIES for verb in ("forward", "backward"))
+# Optimizer update kernels (param, grad, *state, *scalars): state arrays and scalars.
+UPDATE_ARGS = {
+    "sgd_update": (0, (0.01,)),
+    "momentum_update": (1, (0.01, 0.9)),
+    "adagrad_update": (1, (0.01, 1e-7)),
+    "adam_update": (2, (0.001, 0.1, 0.001, 1e-7)),
+}
 
 
 def _check(impl, dtype):
@@ -49,16 +68,9 @@ def normal(shape, dtype, seed=0, scale=1.0):
     return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(dtype)
 
 
-def labels(n, classes, seed=0):
+def random_labels(n, classes, seed=0):
     """Seeded class indices t[n] (int64) in [0, classes)."""
     return np.random.default_rng(seed).integers(0, classes, n)
-
-
-def one_hot(t, classes, dtype):
-    """One-hot rows [len(t), classes] of ``dtype`` for class indices ``t``."""
-    out = np.zeros((t.size, classes), dtype)
-    out[np.arange(t.size), t] = 1
-    return out
 
 
 def shape_name(shape):
@@ -68,6 +80,16 @@ def shape_name(shape):
     return "x".join(map(str, shape))
 
 
+def calls_per_sample(shape, work=10**6, most=1000):
+    """Calls of a case of ``shape`` per timed sample in asv: a power of ten, about
+    ``work`` / (elements, or N*K*M for affine shapes), between 1 and ``most``."""
+    size = int(np.prod(shape))
+    calls = 1
+    while calls * 10 * size <= work and calls < most:
+        calls *= 10
+    return calls
+
+
 def family_shapes(family):
     """The default sizes for a kernel or layer family."""
     return AFFINE_SHAPES if family.lower() == "affine" else SHAPES
@@ -75,82 +97,98 @@ def family_shapes(family):
 
 # -- kernels ---------------------------------------------------------------------------
 
-
-def _affine_kernels(impl, shape, dt):
-    n, k, m = shape
-    x, W = normal((n, k), dt, 1), normal((k, m), dt, 2, 0.01)
-    b, dout = normal(m, dt, 3), normal((n, m), dt, 4)
-    if impl == "reference":
-        return (
-            lambda: reference.affine_forward(x, W, b),
-            lambda: reference.affine_backward(dout, x, W),
-        )
-    out, dx, dW, db = np.empty((n, m), dt), np.empty((n, k), dt), np.empty_like(W), np.empty_like(b)
-    return (
-        lambda: kernels.affine_forward(out, x, W, b),
-        lambda: kernels.affine_backward(dout, x, W, dx, dW, db, True),
-    )
-
-
-def _relu_kernels(impl, shape, dt):
-    x, dout = normal(shape, dt, 1).ravel(), normal(shape, dt, 2).ravel()
-    mask = x <= 0
-    if impl == "reference":
-        return lambda: reference.relu_forward(x), lambda: reference.relu_backward(dout, mask)
-    out, dx, out_mask = np.empty_like(x), np.empty_like(x), np.empty_like(mask)
-    return (
-        lambda: kernels.relu_forward(x, out, out_mask),
-        lambda: kernels.relu_backward(dout, mask, dx),
-    )
-
-
-def _sigmoid_kernels(impl, shape, dt):
-    x, dout = normal(shape, dt, 1).ravel(), normal(shape, dt, 2).ravel()
-    y = reference.sigmoid(x)
-    if impl == "reference":
-        return lambda: reference.sigmoid(x), lambda: reference.sigmoid_backward(dout, y)
-    out, dx = np.empty_like(x), np.empty_like(x)
-    return (
-        lambda: kernels.sigmoid_forward(x, out),
-        lambda: kernels.sigmoid_backward(dout, y, dx),
-    )
-
-
-def _softmax_ce_kernels(impl, shape, dt):
-    x, t = normal(shape, dt, 1), labels(shape[0], shape[1], 2)
-    y = reference.softmax(x)
-    if impl == "reference":
-        return (
-            lambda: reference.softmax_ce_forward(x, t),
-            lambda: reference.softmax_ce_backward(y, t),
-        )
-    out, dx = np.empty_like(x), np.empty_like(x)
-    scale = 1.0 / shape[0]
-    return (
-        lambda: kernels.softmax_ce_forward(x, t, out),
-        lambda: kernels.softmax_ce_backward(y, t, scale, dx),
-    )
-
-
-_KERNEL_BUILDERS = {
-    "affine": _affine_kernels,
-    "relu": _relu_kernels,
-    "sigmoid": _sigmoid_kernels,
-    "softmax_ce": _softmax_ce_kernels,
+# The allocating reference function of each kernel, called with the kernel's arguments.
+_REFERENCE_KERNELS = {
+    "affine_forward": lambda out, x, W, b: reference.affine_forward(x, W, b),
+    "affine_backward": lambda dout, x, W, dx, dW, db, *_: reference.affine_backward(dout, x, W),
+    "relu_forward": lambda x, out, mask: reference.relu_forward(x),
+    "relu_backward": lambda dout, mask, dx: reference.relu_backward(dout, mask),
+    "sigmoid_forward": lambda x, out: reference.sigmoid(x),
+    "sigmoid_backward": lambda dout, y, dx: reference.sigmoid_backward(dout, y),
+    "softmax_ce_forward": lambda x, t, out: reference.softmax_ce_forward(x, t),
+    "softmax_ce_backward": lambda y, t, scale, dx: reference.softmax_ce_backward(y, t),
 }
 
 
-def kernel_pair(family, impl, shape, dtype):
+def kernel_args(name, shape, dtype):
+    """Seeded arguments of kernel ``name`` (a core kernel or an optimizer update).
+
+    ``shape`` is (N, K, M) for affine (x[N, K] @ W[K, M]), the logits (N, C) for
+    softmax_ce, and the input's shape otherwise (elementwise kernels get it flattened).
+    Outputs are allocated here, once.
+    """
+    dt = np.dtype(dtype)
+    if name.startswith("affine"):
+        n, k, m = shape
+        x, W, b = normal((n, k), dt, 1), normal((k, m), dt, 2, 0.01), normal(m, dt, 3)
+        if name == "affine_forward":
+            return np.empty((n, m), dt), x, W, b
+        return (
+            normal((n, m), dt, 4),
+            x,
+            W,
+            np.empty_like(x),
+            np.empty_like(W),
+            np.empty(m, dt),
+            True,
+        )
+    if name.startswith("softmax_ce"):
+        x, t = normal(shape, dt, 1), random_labels(shape[0], shape[1], 2)
+        if name == "softmax_ce_forward":
+            return x, t, np.empty_like(x)
+        return reference.softmax(x), t, 1.0 / shape[0], np.empty_like(x)
+    x, other = normal(shape, dt, 1).ravel(), normal(shape, dt, 2).ravel()
+    if name in UPDATE_ARGS:
+        states, scalars = UPDATE_ARGS[name]
+        return (x, other * 0.01, *(np.zeros_like(x) for _ in range(states)), *scalars)
+    if name == "relu_forward":
+        return x, np.empty_like(x), np.empty(x.shape, np.bool_)
+    if name == "relu_backward":
+        return other, x <= 0, np.empty_like(x)
+    if name == "sigmoid_forward":
+        return x, np.empty_like(x)
+    if name == "sigmoid_backward":
+        return other, reference.sigmoid(x), np.empty_like(x)
+    raise NotImplementedError(f"unknown kernel {name!r}")
+
+
+# The affine kernels as the layers call them: the block plan (``blas.plan``) chosen per call.
+_DISPATCHED = {"affine_forward": affine.forward, "affine_backward": affine.backward}
+
+
+def kernel_function(name):
+    """The twin (serial and parallel builds) of kernel ``name``."""
+    return getattr(update_kernels if name in UPDATE_ARGS else kernels, name)
+
+
+def gemm_plan_args(name, args, blocks):
+    """``kernel_args`` of an affine kernel completed for the twin's builds themselves:
+    its work split in ``blocks`` blocks on the private single-threaded BLAS."""
+    if name == "affine_forward":
+        return (*args, None, blocks, True)
+    return (*args, np.empty((blocks, args[0].shape[1]), args[0].dtype), True)
+
+
+def kernel_case(family, impl, shape, dtype):
     """(forward, backward) callables running one kernel family once on seeded data.
 
     ``shape`` is (N, K, M) for ``"affine"`` and the input shape (N, M) otherwise.
     """
     dt = _check(impl, dtype)
-    if family not in _KERNEL_BUILDERS:
+    if family not in KERNEL_FAMILIES:
         raise NotImplementedError(f"unknown kernel family {family!r}")
     if len(shape) != (3 if family == "affine" else 2):
         raise NotImplementedError(f"shape {shape} does not fit the {family} kernels")
-    return _KERNEL_BUILDERS[family](impl, tuple(shape), dt)
+    calls = []
+    for verb in ("forward", "backward"):
+        name = f"{family}_{verb}"
+        args = kernel_args(name, tuple(shape), dt)
+        if impl == "reference":
+            fn = _REFERENCE_KERNELS[name]
+        else:
+            fn = _DISPATCHED.get(name) or kernel_function(name)
+        calls.append(functools.partial(fn, *args))
+    return tuple(calls)
 
 
 # -- layers ----------------------------------------------------------------------------
@@ -163,11 +201,11 @@ def _layer_data(family, shape, dt):
         W, b = normal((k, m), dt, 2, 0.01), normal(m, dt, 3)
         return (W, b), (normal((n, k), dt, 1),), normal((n, m), dt, 4)
     if family == "SoftmaxWithLoss":
-        return (), (normal(shape, dt, 1), labels(shape[0], shape[1], 2)), 1
+        return (), (normal(shape, dt, 1), random_labels(shape[0], shape[1], 2)), 1
     return (), (normal(shape, dt, 1),), normal(shape, dt, 2)
 
 
-def layer_pair(family, impl, shape, dtype):
+def layer_case(family, impl, shape, dtype):
     """(forward, backward) callables of one layer object (forward already run once).
 
     ``impl="fastbp"`` uses ``fastbp.layers``, ``"reference"`` the book's classes.
@@ -191,7 +229,15 @@ def train_batch(batch, dtype, seed=0):
     """MNIST-like x[batch, 784] in [0, 1) and one-hot t[batch, 10], both of ``dtype``."""
     rng = np.random.default_rng(seed)
     x = rng.random((batch, INPUT_SIZE)).astype(dtype)
-    return x, one_hot(rng.integers(0, CLASSES, batch), CLASSES, dtype)
+    return x, data.one_hot(rng.integers(0, CLASSES, batch), CLASSES).astype(dtype)
+
+
+@functools.cache
+def book_mnist():
+    """The embedded MNIST as the book loads it: ``load_mnist(normalize=True,
+    one_hot_label=True)``, float32 images x[N, 784], float64 one-hot labels t[N, 10]
+    (cached: do not modify)."""
+    return data.load_mnist(normalize=True, one_hot_label=True)
 
 
 def mnist_batch(batch, dtype=None):
@@ -199,22 +245,19 @@ def mnist_batch(batch, dtype=None):
 
     ``dtype=None`` keeps the book's dtypes (float32 images, float64 labels).
     """
-    (x, t), _ = data.load_mnist(normalize=True, one_hot_label=True)
+    (x, t), _ = book_mnist()
     x, t = x[:batch], t[:batch]
     return (x, t) if dtype is None else (x.astype(dtype), t.astype(dtype))
 
 
-def two_layer_net(impl, hidden, dtype, seed=0):
-    """TwoLayerNet(784, hidden, 10) of ``impl`` with ``dtype`` params; same weights per seed."""
-    dt = _check(impl, dtype)
-    net = nets.TwoLayerNet(INPUT_SIZE, hidden, CLASSES, dtype=dt, rng=seed)
-    if impl == "fastbp":
-        return net
-    # The book's net is float64 only: give it the same params of the right dtype.
-    return _on_params(reference.TwoLayerNet(INPUT_SIZE, hidden, CLASSES), net.params)
+def two_layer_params(hidden, dtype, seed=0):
+    """Seeded params W1, b1, W2, b2 of TwoLayerNet(784, hidden, 10), all of ``dtype``."""
+    if dtype not in DTYPES:
+        raise NotImplementedError(f"unknown dtype {dtype!r}")
+    return nets.TwoLayerNet(INPUT_SIZE, hidden, CLASSES, dtype=dtype, rng=seed).params
 
 
-def _on_params(net, params):
+def on_params(net, params):
     """``net`` (Affine1, Affine2 layers, as in the book) made to train ``params`` in place."""
     net.params = params
     for i in (1, 2):
@@ -223,7 +266,13 @@ def _on_params(net, params):
     return net
 
 
-def sgd_step(net, x, t, lr=LEARNING_RATE, gradient=None):
+def net_on(cls, params):
+    """A TwoLayerNet of class ``cls`` (the book's or fastbp's) training ``params``."""
+    W1, W2 = params["W1"], params["W2"]
+    return on_params(cls(W1.shape[0], W1.shape[1], W2.shape[1]), params)
+
+
+def sgd_step(net, x, t, lr=BOOK_LR, gradient=None):
     """The book's training step: backprop gradients, then params[key] -= lr * grads[key].
 
     ``gradient(x, t)`` gives the gradients; None means ``net.gradient``.
@@ -238,34 +287,55 @@ def sgd_step(net, x, t, lr=LEARNING_RATE, gradient=None):
     return step
 
 
-def layers_step(params, x, t, lr=LEARNING_RATE):
+def reference_step(params, x, t, lr=BOOK_LR):
+    """The book's step on the book's TwoLayerNet (``fastbp.reference``); float64 in the
+    book, here on ``params`` of either dtype."""
+    return sgd_step(net_on(reference.TwoLayerNet, params), x, t, lr)
+
+
+def nets_step(params, x, t, lr=BOOK_LR):
+    """The book's step on ``fastbp.nets.TwoLayerNet`` (its gradient is fused when it can)."""
+    return sgd_step(net_on(nets.TwoLayerNet, params), x, t, lr)
+
+
+def layers_step(params, x, t, lr=BOOK_LR):
     """The step of a fastbp TwoLayerNet run through its drop-in layers one by one
     (``nets.LayerNet.gradient``: never the fused kernel); updates ``params`` in place."""
-    W1, W2 = params["W1"], params["W2"]
-    net = nets.TwoLayerNet(W1.shape[0], W1.shape[1], W2.shape[1], dtype=W1.dtype)
-    _on_params(net, params)
+    net = net_on(nets.TwoLayerNet, params)
     return sgd_step(net, x, t, lr, functools.partial(nets.LayerNet.gradient, net))
 
 
-def fused_step(params, x, t, lr=LEARNING_RATE):
-    """The same step as one compiled call, ``fastbp.fused.TwoLayerStep.sgd_step``.
-
-    Updates ``params`` (W1, b1, W2, b2 of one dtype) in place.
+def fused_sgd_step(params, x, t, lr=BOOK_LR, sparse="auto"):
+    """The same step as one compiled call, ``fastbp.fused.TwoLayerStep.sgd_step``
+    (``sparse``: its first-layer choice). Updates ``params`` (W1, b1, W2, b2 of one
+    dtype) in place.
     """
-    step = fused.TwoLayerStep.from_params(params)
+    step = fused.TwoLayerStep.from_params(params, sparse=sparse)
     return lambda: step.sgd_step(x, t, lr)
 
 
-def train_step(impl, hidden, batch, dtype, seed=0):
-    """One SGD step of a fresh TwoLayerNet(784, hidden, 10) on a seeded batch.
+# Train-step columns: name -> builder(params, x, t) of a zero-argument step that updates
+# params in place. "fastbp" and "reference" are the book's step on fastbp.nets and on the
+# book's classes; "fused" and "layers" are the two ways fastbp.nets can take it; "dense"
+# and "sparse" the fused step with its first layer forced each way ("fused" chooses).
+STEP_BUILDERS = {
+    "fastbp": nets_step,
+    "reference": reference_step,
+    "fused": fused_sgd_step,
+    "dense": functools.partial(fused_sgd_step, sparse=False),
+    "sparse": functools.partial(fused_sgd_step, sparse=True),
+    "layers": layers_step,
+}
 
-    ``impl`` is one of TRAIN_IMPLS; "fused" runs the fastbp net's params through
-    ``fused_step`` instead of the book's gradient-then-update loop.
-    """
-    x, t = train_batch(batch, dtype, seed)
-    if impl == "fused":
-        return fused_step(two_layer_net("fastbp", hidden, dtype, seed).params, x, t)
-    return sgd_step(two_layer_net(impl, hidden, dtype, seed), x, t)
+
+def train_step_case(impl, hidden, batch, dtype, seed=0):
+    """One SGD step (a ``STEP_BUILDERS`` or ``PEER_STEPS`` entry) of a fresh
+    TwoLayerNet(784, hidden, 10) on a seeded batch; the same weights for every impl."""
+    builders = {**STEP_BUILDERS, **PEER_STEPS}
+    if impl not in builders:
+        raise NotImplementedError(f"unknown train step {impl!r}")
+    params = two_layer_params(hidden, dtype, seed)
+    return builders[impl](params, *train_batch(batch, dtype, seed))
 
 
 def bare_gemms(hidden, batch, dtype, seed=0):
@@ -290,26 +360,169 @@ def bare_gemms(hidden, batch, dtype, seed=0):
     ]
 
 
+# -- the book's ch05 training loop -----------------------------------------------------
+
+# The variants of the book's loop: the book's classes; the book's TwoLayerNet with its
+# layers taken from fastbp.layers (``from fastbp.layers import *`` in place of
+# common/layers.py); fastbp.nets.TwoLayerNet (in place of two_layer_net.py).
+USER_LOOP_VARIANTS = ("book", "book+layers", "nets")
+USER_LOOP_PHASES = ("batch", "gradient", "update", "loss")
+
+
+def over_fastbp_layers(net):
+    """The book's ``net`` with each layer replaced by the fastbp.layers class of the same
+    name, holding the same arrays (``params`` are untouched)."""
+    for name, layer in net.layers.items():
+        cls = getattr(layers, type(layer).__name__)
+        net.layers[name] = cls(layer.W, layer.b) if hasattr(layer, "W") else cls()
+    net.lastLayer = getattr(layers, type(net.lastLayer).__name__)()
+    return net
+
+
+def user_loop_net(variant, seed=0):
+    """TwoLayerNet(784, 50, 10) of ``variant``, built as the book builds it after
+    ``np.random.seed(seed)`` (the same weights for every variant)."""
+    np.random.seed(seed)  # noqa: NPY002 (the book's nets draw from the global state)
+    if variant == "book":
+        return reference.TwoLayerNet(
+            input_size=INPUT_SIZE, hidden_size=BOOK_HIDDEN, output_size=CLASSES
+        )
+    if variant == "book+layers":
+        return over_fastbp_layers(user_loop_net("book", seed))
+    if variant == "nets":
+        return nets.TwoLayerNet(input_size=INPUT_SIZE, hidden_size=BOOK_HIDDEN, output_size=CLASSES)
+    raise NotImplementedError(f"unknown user-loop variant {variant!r}")
+
+
+def user_loop(network):
+    """The book's ch05 loop on ``network``, as it writes it, split into timed phases.
+
+    Returns ({phase: callable} for one iteration, in ``USER_LOOP_PHASES`` order, and
+    ``accuracy``, the once-per-epoch evaluation on all training and all test images).
+    Batches are drawn with ``np.random.choice`` from the global state, as in the book.
+    """
+    (x_train, t_train), (x_test, t_test) = book_mnist()
+    train_size = x_train.shape[0]
+    state = {}
+
+    def batch():
+        batch_mask = np.random.choice(train_size, BOOK_BATCH)  # noqa: NPY002 (the book's)
+        state["x"], state["t"] = x_train[batch_mask], t_train[batch_mask]
+
+    def gradient():
+        state["grad"] = network.gradient(state["x"], state["t"])
+
+    def update():
+        grad = state["grad"]
+        for key in PARAM_KEYS:
+            network.params[key] -= BOOK_LR * grad[key]
+
+    def loss():
+        state["loss"] = network.loss(state["x"], state["t"])
+
+    def accuracy():
+        return network.accuracy(x_train, t_train), network.accuracy(x_test, t_test)
+
+    phases = {"batch": batch, "gradient": gradient, "update": update, "loss": loss}
+    return phases, accuracy
+
+
+def iterations_per_epoch():
+    """The book's ``iter_per_epoch``: training images / batch size (at least 1)."""
+    return max(book_mnist()[0][0].shape[0] // BOOK_BATCH, 1)
+
+
+def fresh_batches(count, seed=0):
+    """``count`` fancy-indexed copies of random real-MNIST batches of the book's size and
+    dtypes (float32 images, float64 one-hot labels), as the loop draws them."""
+    (x_train, t_train), _ = book_mnist()
+    rng = np.random.default_rng(seed)
+    masks = (rng.choice(x_train.shape[0], BOOK_BATCH) for _ in range(count))
+    return [(x_train[mask], t_train[mask]) for mask in masks]
+
+
+def gradient_on_fresh_batches(gradient, count=16):
+    """A callable running ``gradient(x, t)`` on the next of ``count`` fresh batches."""
+    cycle = itertools.cycle(fresh_batches(count))
+    return lambda: gradient(*next(cycle))
+
+
 # -- the same step in other frameworks (optional: used only when they are importable) ----
 
+# {column: builder} of the train step (as STEP_BUILDERS) and of the gradient (params ->
+# gradient(x, t)), filled by ``_peer`` below; PEER_MODULES names the module each needs.
+PEER_STEPS = {}
+PEER_GRADIENTS = {}
+PEER_MODULES = {"torch": "torch", "torch.compile": "torch", "jax": "jax"}
 
-def torch_step(params, x, t, lr=LEARNING_RATE):
-    """The train step in PyTorch eager mode on the CPU, with as many threads as Numba.
 
-    ``params`` holds NumPy arrays (copied); x and t are cast to the params' dtype.
-    """
+def _peer(registry, *names, **keywords):
+    """Register the decorated builder in ``registry`` under each name (with keywords)."""
+
+    def register(builder):
+        for name in names:
+            registry[name] = functools.partial(builder, **keywords) if keywords else builder
+        return builder
+
+    return register
+
+
+def _torch_params(params):
     import torch
 
     torch.set_num_threads(numba.get_num_threads())
     p = {key: torch.tensor(value, requires_grad=True) for key, value in params.items()}
+    return p, [p[key] for key in PARAM_KEYS]
+
+
+def _torch_loss(p, x, t):
+    """The book's loss in PyTorch; x and t are cast to the params' dtype."""
+    import torch
+
     dtype = p["W1"].dtype
-    x, t = torch.as_tensor(x, dtype=dtype), torch.as_tensor(t, dtype=dtype)
-    ordered = [p[key] for key in PARAM_KEYS]
+    x, t = x.to(dtype), t.to(dtype)
+    z1 = torch.relu(x @ p["W1"] + p["b1"])
+    return -(t * torch.log_softmax(z1 @ p["W2"] + p["b2"], dim=1)).sum() / x.shape[0]
+
+
+def _torch_loss_fn(compiled):
+    import torch
+
+    return torch.compile(_torch_loss, dynamic=False) if compiled else _torch_loss
+
+
+@_peer(PEER_GRADIENTS, "torch.compile", compiled=True)
+@_peer(PEER_GRADIENTS, "torch")
+def torch_gradient(params, compiled=False):
+    """gradient(x, t) -> {key: grad array} of the book's net in PyTorch (eager, or
+    ``torch.compile``d forward and backward with ``compiled``); NumPy in and out."""
+    import torch
+
+    p, ordered = _torch_params(params)
+    loss_fn = _torch_loss_fn(compiled)
+
+    def gradient(x, t):
+        loss = loss_fn(p, torch.from_numpy(x), torch.from_numpy(t))
+        grads = torch.autograd.grad(loss, ordered)
+        return {key: g.numpy() for key, g in zip(PARAM_KEYS, grads, strict=True)}
+
+    return gradient
+
+
+@_peer(PEER_STEPS, "torch.compile", compiled=True)
+@_peer(PEER_STEPS, "torch")
+def torch_step(params, x, t, lr=BOOK_LR, compiled=False):
+    """The train step in PyTorch on the CPU, with as many threads as Numba: eager, or
+    with the forward and backward ``torch.compile``d. ``params`` holds NumPy arrays
+    (copied); x and t are cast to the params' dtype."""
+    import torch
+
+    p, ordered = _torch_params(params)
+    loss_fn = _torch_loss_fn(compiled)
+    x, t = torch.from_numpy(x), torch.from_numpy(t)
 
     def step():
-        z1 = torch.relu(x @ p["W1"] + p["b1"])
-        loss = -(t * torch.log_softmax(z1 @ p["W2"] + p["b2"], dim=1)).sum() / x.shape[0]
-        grads = torch.autograd.grad(loss, ordered)
+        grads = torch.autograd.grad(loss_fn(p, x, t), ordered)
         with torch.no_grad():
             for param, grad in zip(ordered, grads, strict=True):
                 param -= lr * grad
@@ -317,28 +530,48 @@ def torch_step(params, x, t, lr=LEARNING_RATE):
     return step
 
 
-def jax_step(params, x, t, lr=LEARNING_RATE):
-    """The train step as one ``jax.jit`` of value_and_grad plus the SGD update (CPU).
-
-    Enables jax_enable_x64 so float64 params stay float64.
-    """
+def _jax_loss():
     import jax
     import jax.numpy as jnp
 
-    jax.config.update("jax_enable_x64", True)
+    jax.config.update("jax_enable_x64", True)  # float64 params stay float64
 
     def loss(p, x, t):
+        dtype = p["W1"].dtype
+        x, t = x.astype(dtype), t.astype(dtype)
         z1 = jax.nn.relu(x @ p["W1"] + p["b1"])
         return -jnp.sum(t * jax.nn.log_softmax(z1 @ p["W2"] + p["b2"])) / x.shape[0]
+
+    return jax, jnp, loss
+
+
+@_peer(PEER_GRADIENTS, "jax")
+def jax_gradient(params):
+    """gradient(x, t) -> {key: grad} of the book's net as one ``jax.jit`` (CPU)."""
+    jax, jnp, loss = _jax_loss()
+    grad = jax.jit(jax.grad(loss))
+    p = {key: jnp.asarray(value) for key, value in params.items()}
+
+    def gradient(x, t):
+        grads = grad(p, jnp.asarray(x), jnp.asarray(t))
+        jax.block_until_ready(grads)
+        return grads
+
+    return gradient
+
+
+@_peer(PEER_STEPS, "jax")
+def jax_step(params, x, t, lr=BOOK_LR):
+    """The train step as one ``jax.jit`` of value_and_grad plus the SGD update (CPU)."""
+    jax, jnp, loss = _jax_loss()
 
     @jax.jit
     def update(p, x, t):
         value, grads = jax.value_and_grad(loss)(p, x, t)
         return {key: p[key] - lr * grads[key] for key in p}, value
 
-    dtype = params["W1"].dtype
     state = [{key: jnp.asarray(value) for key, value in params.items()}]
-    x, t = jnp.asarray(x, dtype), jnp.asarray(t, dtype)
+    x, t = jnp.asarray(x), jnp.asarray(t)
 
     def step():
         state[0], value = update(state[0], x, t)
@@ -438,7 +671,7 @@ def convnet_step(impl, batch, dtype, seed=0):
     dt = _check(impl, dtype)
     rng = np.random.default_rng(seed)
     x = rng.random((batch, 1, 28, 28)).astype(np.float32)
-    t = labels(batch, CLASSES, seed)
+    t = random_labels(batch, CLASSES, seed)
     net = SimpleConvNet(dtype=dt, rng=seed)
     if impl == "reference":
         net = _book_layers(net)
@@ -446,7 +679,7 @@ def convnet_step(impl, batch, dtype, seed=0):
     def step():
         grads = net.gradient(x, t)
         for key, grad in grads.items():
-            net.params[key] -= LEARNING_RATE * grad
+            net.params[key] -= BOOK_LR * grad
 
     return step
 
@@ -459,7 +692,7 @@ def deep_convnet_inference(impl, images, dtype="float64", seed=0):
     dt = _check(impl, dtype)
     rng = np.random.default_rng(seed)
     x = rng.random((images, 1, 28, 28)).astype(np.float32)
-    t = labels(images, CLASSES, seed)
+    t = random_labels(images, CLASSES, seed)
     net = DeepConvNet(dtype=dt, rng=seed)
     if impl == "reference":
         net = _book_layers(net)

@@ -12,11 +12,28 @@ Lists, read-only, strided, Fortran-ordered and non-native-byte-order arrays are 
 and converted (copied only when needed); inputs are never modified.
 """
 
+import functools
+
 import numpy as np
 
-from fastbp.kernels.labels import first_bad_index, first_bad_onehot_row
+from fastbp.lazy import LazyKernel
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+# The label checks' compiled loops, imported (with Numba) on their first call.
+_kernel = functools.partial(LazyKernel, globals(), "fastbp.kernels.labels")
+first_bad_index = _kernel("first_bad_index")
+first_bad_onehot_row = _kernel("first_bad_onehot_row")
+
+
+def frozen(a):
+    """``a`` as a new ndarray object (a view, no copy) with its own shape and strides.
+
+    Every array a public call checks goes through this first: another thread resizing the
+    caller's array in place (``a.shape = ...``) cannot change what was checked before the
+    kernel runs on it.
+    """
+    return np.asarray(a).view()
 
 
 def native(a):
@@ -25,8 +42,8 @@ def native(a):
 
 
 def float_array(name, a, ndim=None, min_ndim=0):
-    """``a`` as a float32/float64 ndarray of the given rank; lists are converted."""
-    a = native(np.asarray(a))
+    """``a`` as a float32/float64 ndarray of the given rank (``frozen``); lists are converted."""
+    a = native(frozen(a))
     if a.dtype not in FLOAT_DTYPES:
         raise TypeError(
             f"{name} must be a float32 or float64 array, got dtype {a.dtype}; "
@@ -40,12 +57,14 @@ def float_array(name, a, ndim=None, min_ndim=0):
 
 
 def updatable(name, p, ndim=None):
-    """``p`` itself, checked to be updatable in place: a writable, C-contiguous,
-    native-byte-order float32/float64 ndarray (no conversion: the caller's array is it)."""
+    """A ``frozen`` view of ``p`` (its memory: updating the view updates ``p``), checked to
+    be updatable in place: a writable, C-contiguous, native-byte-order float32/float64
+    ndarray (no conversion: the caller's array is it)."""
     if not isinstance(p, np.ndarray):
         raise TypeError(
             f"{name} must be a NumPy array (it is updated in place), got {type(p).__name__}"
         )
+    p = frozen(p)
     float_array(name, p, ndim=ndim)
     if not (p.flags.c_contiguous and p.flags.writeable and p.dtype.isnative):
         raise ValueError(
@@ -152,3 +171,17 @@ def after_forward(layer, state):
     """Raise a clear error when ``backward`` is called before ``forward``."""
     if state is None:
         raise RuntimeError(f"{type(layer).__name__}.backward called before forward")
+
+
+def state(layer, name, value, dtypes):
+    """A layer's state array ``value`` (``layer.name``, read once by the caller) as a
+    ``frozen`` C-contiguous array of one of ``dtypes``: what ``backward`` passes its kernel,
+    however the attribute was changed since ``forward``."""
+    after_forward(layer, value)
+    a = native(frozen(value))
+    if a.dtype not in dtypes:
+        raise TypeError(
+            f"{type(layer).__name__}.{name} has dtype {a.dtype}; backward needs "
+            f"{' or '.join(d.name for d in dtypes)} (as forward sets it)"
+        )
+    return computable(a, None)

@@ -6,6 +6,8 @@ It prints accuracy and throughput per epoch and writes a learning-curve PNG.
 """
 
 import argparse
+import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,6 +22,25 @@ OPTIMIZERS = {
 }
 
 
+# Exit statuses besides 0: a user error, Ctrl-C (128 + SIGINT), a closed stdout (128 + SIGPIPE,
+# what the shell reports for a writer killed by the signal; here nothing dies by a signal).
+USAGE_ERROR, INTERRUPTED, BROKEN_PIPE = 2, 130, 141
+
+
+class UsageError(Exception):
+    """A user error found after parsing: ``main`` prints ``fastbp: error: MESSAGE``, exits 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with fastbp's one-line error format (no usage block)."""
+
+    def error(self, message):
+        self.exit(USAGE_ERROR, f"fastbp: error: {message}\n")
+
+
+# -- argparse types: each option is checked while parsing, before anything runs ------------
+
+
 def hidden_sizes(text):
     """'100,50' -> [100, 50] (argparse type of --layers)."""
     try:
@@ -31,23 +52,73 @@ def hidden_sizes(text):
     return sizes
 
 
-def positive(kind):
-    """argparse type: a number of ``kind`` (int or float) that is > 0."""
+def number(kind, minimum, strict):
+    """argparse type: a finite number of ``kind`` (int or float) that is > ``minimum``
+    (``strict``) or >= it."""
 
     def parse(text):
         value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(
+                f"must be a finite number {'>' if strict else '>='} {minimum}, got {text}"
+            )
         return value
 
-    parse.__name__ = kind.__name__
+    parse.__name__ = kind.__name__  # argparse names the kind in "invalid int value"
     return parse
+
+
+def positive(kind):
+    """argparse type: a finite number of ``kind`` that is > 0."""
+    return number(kind, 0, strict=True)
+
+
+def non_negative(kind):
+    """argparse type: a finite number of ``kind`` that is >= 0."""
+    return number(kind, 0, strict=False)
+
+
+def directory(text):
+    """argparse type: an existing directory."""
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"no such directory: {text}")
+    return text
+
+
+def image_path(text):
+    """argparse type: the absolute path of an image to write, checked to be writable now;
+    no extension means PNG, and '.png' is added (as matplotlib would, so the path printed
+    is the path written)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    path = Path(text).expanduser().resolve()
+    if not path.suffix:
+        path = path.with_name(path.name + ".png")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix[1:].lower() not in formats:
+        raise argparse.ArgumentTypeError(
+            f"{text}: unknown image format {path.suffix!r} (use one of "
+            + ", ".join(f".{f}" for f in sorted(formats))
+            + ")"
+        )
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: no such directory: {path.parent}")
+    existed = path.exists()
+    try:  # the only reliable test: open it (root may write where the mode bits say no)
+        with open(path, "ab"):
+            pass
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"{text}: cannot write: {e.strerror}") from e
+    if not existed:
+        path.unlink(missing_ok=True)  # missing_ok: MPI ranks check the same path at once
+    return path
 
 
 def configure_train(parser):
     """Options of ``fastbp train``."""
     parser.add_argument(
         "--data",
+        type=directory,
         metavar="DIR",
         help="directory with the four MNIST IDX files "
         "(train-images-idx3-ubyte[.gz], ...); default: the embedded data",
@@ -77,7 +148,7 @@ def configure_train(parser):
     )
     parser.add_argument(
         "--weight-decay",
-        type=float,
+        type=non_negative(float),
         default=0.0,
         metavar="LAMBDA",
         help="L2 weight decay of --layers (default 0)",
@@ -102,10 +173,14 @@ def configure_train(parser):
         help="parameter and data dtype (default float64, as the book)",
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the weight init and batch order (default 0)"
+        "--seed",
+        type=non_negative(int),
+        default=0,
+        help="seed of the weight init and batch order (default 0)",
     )
     parser.add_argument(
         "--plot",
+        type=image_path,
         default="learning_curve.png",
         metavar="PATH",
         help="learning-curve PNG to write (default ./learning_curve.png)",
@@ -163,25 +238,45 @@ def describe(args, lr):
     )
 
 
+def load_data(args):
+    """((x, t), (x_test, t_test)) with images in ``args.dtype``; UsageError if unreadable."""
+    from fastbp.data import load_mnist
+
+    try:
+        (x, t), (x_test, t_test) = load_mnist(data_dir=args.data, flatten=args.model != "convnet")
+    except (OSError, ValueError) as e:  # missing files, not IDX files, truncated files
+        raise UsageError(f"--data {args.data}: {e}") from e
+    return (x.astype(args.dtype), t), (x_test.astype(args.dtype), t_test)
+
+
+def mpi_rank():
+    """This process as an MPI rank of ``--distributed`` (UsageError without the extra)."""
+    from fastbp.distributed import get_mpi, init_rank
+
+    try:
+        get_mpi()
+    except ImportError as e:
+        raise UsageError(str(e)) from e
+    return init_rank()
+
+
 def run_train(args):
-    """Train, print per-epoch accuracy and throughput, write the learning-curve PNG."""
+    """Train, print per-epoch accuracy and throughput, write the learning-curve PNG.
+
+    Ctrl-C stops training: what was measured is printed and plotted, and the status is 130.
+    """
     import numpy as np
     from tqdm import tqdm
 
     from fastbp import optimizers
-    from fastbp.data import load_mnist
-    from fastbp.train import blas_threads, plot_history, train
+    from fastbp.train import History, blas_threads, plot_history, train
 
     args.optimizer = args.optimizer or ("momentum" if args.model == "convnet" else "sgd")
-    comm = None
-    if args.distributed:  # one rank of mpiexec -n N: abort all on error, only rank 0 prints
-        from fastbp.distributed import DataParallel, init_rank
-
-        comm = init_rank()
+    data = load_data(args)
+    comm = mpi_rank() if args.distributed else None  # abort all on error, rank 0 prints
     seeds = np.random.SeedSequence(args.seed).spawn(2)
     init_rng, order_rng = (np.random.default_rng(s) for s in seeds)
-    (x, t), (x_test, t_test) = load_mnist(data_dir=args.data, flatten=args.model != "convnet")
-    data = ((x.astype(args.dtype), t), (x_test.astype(args.dtype), t_test))
+    (x, t), (x_test, _) = data
     source = args.data or "embedded MNIST t10k split"
     print(f"data: {source}: {len(x):,} training, {len(x_test):,} test images")
     lr = args.lr or OPTIMIZERS[args.optimizer][1]
@@ -189,6 +284,8 @@ def run_train(args):
     print(f"train: {title}")
     net = build_net(args, init_rng)
     if comm is not None:
+        from fastbp.distributed import DataParallel
+
         net = DataParallel(net, comm)
         print(f"data-parallel: {comm.size} MPI ranks share each batch of {args.batch}")
     optimizer = getattr(optimizers, OPTIMIZERS[args.optimizer][0])(lr=lr)
@@ -200,6 +297,7 @@ def run_train(args):
         disable=args.no_progress,
         leave=False,
         dynamic_ncols=True,
+        smoothing=0,  # the average rate of the steps: what the epoch lines print
     )
 
     def on_step(step, loss, samples):
@@ -208,9 +306,11 @@ def run_train(args):
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
     def on_epoch(epoch, history):
-        steps = len(history.loss) // epoch
+        steps = history.epoch_steps[-1]
         loss = float(np.mean(history.loss[-steps:]))
         rate = history.epoch_samples[-1] / history.epoch_seconds[-1]
+        if not bar.disable:  # the bar's rate leaves the evaluation out too
+            bar.start_t += history.eval_seconds[-1]
         bar.write(
             f"epoch {epoch:{len(str(args.epochs))}d}/{args.epochs}  loss {loss:.4f}  "
             f"train acc {history.train_acc[-1]:.4f}  test acc {history.test_acc[-1]:.4f}"
@@ -218,52 +318,65 @@ def run_train(args):
             file=sys.stdout,
         )
 
+    history, interrupted = History(), False
     start = time.perf_counter()
-    with blas_threads(args.blas_threads), bar:
-        # Load (or compile) the layers' kernels first, so that epoch 1's rate is a fair one;
-        # a gradient leaves the parameters as they are.
-        net.gradient(x[: args.batch].astype(args.dtype), t[: args.batch])
-        bar.write(f"kernels ready in {time.perf_counter() - start:.1f} s", file=sys.stdout)
-        history = train(net, optimizer, data, args.batch, args.epochs, order_rng, on_step, on_epoch)
+    try:
+        with blas_threads(args.blas_threads), bar:
+            # Load (or compile) the layers' kernels first, so that epoch 1's rate is a fair
+            # one; a gradient leaves the parameters as they are.
+            net.gradient(x[: args.batch].astype(args.dtype), t[: args.batch])
+            bar.write(f"kernels ready in {time.perf_counter() - start:.1f} s", file=sys.stdout)
+            bar.reset()  # the bar's clock starts with the steps
+            train(
+                net,
+                optimizer,
+                data,
+                args.batch,
+                args.epochs,
+                order_rng,
+                on_step,
+                on_epoch,
+                history=history,
+            )
+    except KeyboardInterrupt:
+        interrupted = True
+        print(
+            f"interrupted after {len(history.test_acc)} of {args.epochs} epochs "
+            f"({len(history.loss)} steps)"
+        )
     elapsed = time.perf_counter() - start
-    print(
-        f"final test accuracy {history.test_acc[-1]:.4f}, train accuracy "
-        f"{history.train_acc[-1]:.4f}"
-    )
-    print(
-        f"time {elapsed:.1f} s ({history.samples_per_second:,.0f} samples/s in training "
-        "steps, evaluation excluded)"
-    )
-    plot = Path(args.plot).resolve()
-    if comm is None or comm.rank == 0:
-        plot_history(history, plot, title)
-    print(f"learning curve: {plot}")
-    return 0
+    if history.test_acc:
+        print(
+            f"final test accuracy {history.test_acc[-1]:.4f}, train accuracy "
+            f"{history.train_acc[-1]:.4f}"
+        )
+    if history.epoch_seconds:
+        print(
+            f"time {elapsed:.1f} s ({history.samples_per_second:,.0f} samples/s in training "
+            "steps, evaluation excluded)"
+        )
+    if history.loss:
+        if comm is None or comm.rank == 0:
+            plot_history(history, args.plot, title)
+        print(f"learning curve: {args.plot}")
+    return INTERRUPTED if interrupted else 0
 
 
 def configure_bench(parser, load):
     """Set up ``fastbp bench`` from fastbp.bench, imported only when bench is the command."""
-    parser.set_defaults(handler=bench_missing)
-    if not load:
-        return
-    try:
+    if load:
         from fastbp import bench
-    except ModuleNotFoundError as e:
-        if e.name != "fastbp.bench":
-            raise
-        return
-    bench.configure_parser(parser)
-    parser.set_defaults(handler=bench.main)
 
-
-def bench_missing(args):
-    print("fastbp bench: fastbp.bench is not installed in this version", file=sys.stderr)
-    return 2
+        bench.configure_parser(parser)
+        parser.set_defaults(handler=bench.main)
 
 
 def parser_for(argv):
     """The ``fastbp`` parser; fastbp.bench is imported only when argv starts with bench."""
-    parser = argparse.ArgumentParser(prog="fastbp", description=__doc__.splitlines()[0])
+    from fastbp import __version__
+
+    parser = Parser(prog="fastbp", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"fastbp {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     configure_train(
         commands.add_parser(
@@ -273,14 +386,38 @@ def parser_for(argv):
         )
     )
     configure_bench(
-        commands.add_parser("bench", help="benchmarks against the NumPy layers"),
+        commands.add_parser(
+            "bench",
+            help="benchmarks against the book's NumPy code",
+            description="Time fastbp against the book's NumPy code in one process, by "
+            "section: kernels, layers, train steps, the book's ch05 training loop "
+            "(userloop), other frameworks (peers), serial/parallel crossovers and "
+            "data-parallel training (distributed). Prints tables; --json writes the rows "
+            "that python -m fastbp.report turns into the docs' tables.",
+        ),
         load=argv[:1] == ["bench"],
     )
     return parser
 
 
 def main(argv=None):
-    """Entry point of the ``fastbp`` console script; returns the exit status."""
+    """Entry point of the ``fastbp`` console script; returns the exit status.
+
+    A user error prints one line ``fastbp: error: ...`` and returns 2; Ctrl-C returns 130
+    (``fastbp train`` first reports and plots what it has done); a closed stdout (``fastbp
+    train | head -1``) stops the command quietly with 141.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser_for(argv).parse_args(argv)
-    return args.handler(args)
+    try:
+        args = parser_for(argv).parse_args(argv)
+        return args.handler(args)
+    except UsageError as e:
+        print(f"fastbp: error: {e}", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        print("fastbp: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except BrokenPipeError:
+        # Python's advice: point stdout at devnull, or the flush at exit fails again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE

@@ -11,6 +11,8 @@ from both halves of t10k (written by different groups of people) alike.
 """
 
 import gzip
+import math
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ TEST_EVERY = 5  # embedded split: index i is a test image when i % TEST_EVERY ==
 
 IMAGE_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions (count, rows, cols)
 LABEL_MAGIC = 0x00000801  # unsigned bytes, 1 dimension (count)
+READ_CHUNK = 1 << 20  # bytes per read of an IDX file's data
 
 # (images, labels) file names of the training and the test set, without ".gz".
 TRAIN_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
@@ -32,33 +35,55 @@ def read_idx(path, magic):
     ``magic`` is the expected magic number (``IMAGE_MAGIC`` or ``LABEL_MAGIC``); the array
     has shape (count,) for labels and (count, rows, cols) for images. Raises ValueError
     naming the file for a wrong magic number or a size that does not match the header.
+    The header is read first and then exactly the bytes it declares, in chunks, plus one
+    byte to detect trailing data: memory stays within twice the declared size however
+    large the file or its decompressed stream (a gzip bomb, an endless device) is.
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as e:  # gzip reports corrupt or truncated data this way
+            return _read_idx(f, path, magic)
+    except (OSError, EOFError, zlib.error) as e:  # gzip reports corrupt or truncated data
         if isinstance(e, FileNotFoundError):
             raise
         raise ValueError(f"{path}: cannot read IDX data ({e})") from e
+
+
+def _read_at_most(f, size):
+    """Up to ``size`` bytes of ``f`` (fewer only at the end of the data), read in chunks."""
+    chunks, left = [], size
+    while left:
+        chunk = f.read(min(left, READ_CHUNK))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _read_idx(f, path, magic):
     ndim = magic & 0xFF
+    head = _read_at_most(f, 4)
+    if int.from_bytes(head, "big") != magic or len(head) < 4:
+        raise ValueError(
+            f"{path}: not an IDX file of this kind: magic number {head.hex() or 'nothing'}, "
+            f"expected {magic:08x}"
+        )
+    dims = _read_at_most(f, 4 * ndim)
     header = 4 + 4 * ndim
-    if len(raw) < 4 or int.from_bytes(raw[:4], "big") != magic:
-        found = raw[:4].hex() or "nothing"
-        raise ValueError(
-            f"{path}: not an IDX file of this kind: magic number {found}, expected {magic:08x}"
-        )
-    if len(raw) < header:
-        raise ValueError(f"{path}: truncated header ({len(raw)} bytes, expected {header})")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(shape))
-    if len(raw) != expected:
-        problem = "truncated" if len(raw) < expected else "has trailing bytes"
-        raise ValueError(
-            f"{path}: {problem}: {len(raw)} bytes, expected {expected} for shape {shape}"
-        )
-    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+    if len(dims) < 4 * ndim:
+        raise ValueError(f"{path}: truncated header ({4 + len(dims)} bytes, expected {header})")
+    shape = tuple(int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
+    expected = header + math.prod(shape)
+    data = _read_at_most(f, expected - header)
+    if len(data) < expected - header:
+        problem, found = "truncated", f"{header + len(data)} bytes"
+    elif f.read(1):
+        problem, found = "has trailing bytes", "more bytes"
+    else:
+        return np.frombuffer(data, np.uint8).reshape(shape)
+    raise ValueError(f"{path}: {problem}: {found}, expected {expected} for shape {shape}")
 
 
 def find_file(data_dir, name):

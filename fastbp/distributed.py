@@ -18,13 +18,9 @@ the excepthook ``DataParallel`` installs) prints the error with the rank and cal
 ``FASTBP_MPI_TIMEOUT`` seconds (default 300).
 """
 
-import argparse
 import contextlib
-import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 import traceback
@@ -33,11 +29,6 @@ import types
 import numpy as np
 
 DEFAULT_TIMEOUT = 300.0
-
-# Test hook: "RANK:STEP:MODE" makes that rank fail at that gradient step; MODE is "raise"
-# (an exception), "exit" (os._exit(3), no clean-up), "kill" (SIGKILL, as if killed) or
-# "hang" (sleeps, so the other ranks' waits time out).
-FAIL_ENV = "FASTBP_TEST_FAIL_AT"
 
 
 def get_mpi():
@@ -180,25 +171,6 @@ def init_rank(comm=None):
     return comm
 
 
-def injected_failure(rank, step):
-    """Fail as ``FASTBP_TEST_FAIL_AT`` ("RANK:STEP:raise|exit|kill|hang") asks, for tests."""
-    spec = os.environ.get(FAIL_ENV)
-    if not spec:
-        return
-    fail_rank, fail_step, mode = spec.split(":")
-    if int(fail_rank) != rank or int(fail_step) != step:
-        return
-    if mode == "raise":
-        raise RuntimeError(f"rank {rank} fails at step {step} ({FAIL_ENV})")
-    sys.__stderr__.write(f"fastbp: rank {rank} dies at step {step} ({FAIL_ENV}={spec})\n")
-    sys.__stderr__.flush()
-    if mode == "hang":
-        time.sleep(3600)
-    if mode == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    os._exit(3)
-
-
 class DataParallel:
     """Wrap a book-API net so each call on a global batch runs sharded over all ranks.
 
@@ -249,7 +221,6 @@ class DataParallel:
         Also sets ``batch_loss`` to the batch's loss (the net's ``lastLayer.loss`` of each
         shard, combined in the same Allreduce).
         """
-        injected_failure(self.comm.rank, self.steps)
         self.steps += 1
         x, t, weight = self.local(x, t)
         if weight:
@@ -294,123 +265,3 @@ class DataParallel:
         xs, ts, weight = self.local(x, t)
         local = round(self.net.accuracy(xs, ts) * len(xs)) if weight else 0
         return self.sum_weighted(local, 1.0, "accuracy Allreduce") / float(len(x))
-
-
-# -- benchmark: python -m fastbp.distributed --bench ------------------------------------
-
-# (ranks, Numba threads per rank, BLAS threads per rank) of the benchmark runs.
-BENCH_CONFIGS = ((1, 2, 2), (1, 2, 1), (1, 1, 1), (2, 1, 1))
-BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-def bench_worker(hidden, batch_size, steps, dtype):
-    """Time ``steps`` SGD steps of TwoLayerNet(784, hidden, 10) on MNIST global batches.
-
-    Runs on every rank; rank 0 prints one JSON line with medians over the steps: seconds
-    per step, seconds of it spent in the gradient Allreduce (waiting for slower ranks
-    included), and the median time of a bare Allreduce of the buffer after a Barrier.
-    """
-    from fastbp.data import load_mnist
-    from fastbp.nets import TwoLayerNet
-    from fastbp.optimizers import SGD
-
-    comm = get_mpi().COMM_WORLD
-    (x, t), _ = load_mnist()
-    x = x.astype(dtype)
-    net = DataParallel(TwoLayerNet(784, hidden, 10, dtype=dtype, rng=0), comm)
-    optimizer = SGD(lr=0.1)
-    rng = np.random.default_rng(0)
-    step_s, allreduce_s = [], []
-    warmup = max(3, steps // 10)
-    for i in range(warmup + steps):
-        batch = rng.choice(len(x), batch_size)
-        start, before = time.perf_counter(), net.allreduce_seconds
-        optimizer.update(net.params, net.gradient(x[batch], t[batch]))
-        if i >= warmup:
-            step_s.append(time.perf_counter() - start)
-            allreduce_s.append(net.allreduce_seconds - before)
-    bare = []
-    for _ in range(30):
-        comm.Barrier()
-        start = time.perf_counter()
-        allreduce_sum(comm, net.grads.flat, net.timeout, "benchmark Allreduce")
-        bare.append(time.perf_counter() - start)
-    if comm.rank == 0:
-        result = {
-            "ranks": comm.size,
-            "step_s": float(np.median(step_s)),
-            "allreduce_in_step_s": float(np.median(allreduce_s)),
-            "bare_allreduce_s": float(np.median(bare)),
-            "buffer_bytes": net.grads.flat.nbytes,
-        }
-        print(json.dumps(result), flush=True)
-
-
-def bench(hidden, batch_size, steps, dtype, mpiexec):
-    """Run ``bench_worker`` for every configuration in BENCH_CONFIGS; returns the rows."""
-    rows = []
-    for ranks, threads, blas in BENCH_CONFIGS:
-        env = {
-            **os.environ,
-            **dict.fromkeys(BLAS_VARS, str(blas)),
-            "NUMBA_NUM_THREADS": str(threads),
-        }
-        command = [mpiexec, "-n", str(ranks), sys.executable, "-m", "fastbp.distributed"]
-        command += ["--bench-worker", f"--hidden={hidden}", f"--batch-size={batch_size}"]
-        command += [f"--steps={steps}", f"--dtype={dtype}"]
-        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout}{done.stderr}")
-        row = json.loads(done.stdout.strip().splitlines()[-1])
-        rows.append({"threads": threads, "blas": blas, **row})
-    return rows
-
-
-def bench_table(rows, hidden, batch_size, dtype):
-    """The benchmark rows as a text table; speed-ups are against 1 rank x 1 thread."""
-    base = next(row["step_s"] for row in rows if row["ranks"] == row["threads"] == 1)
-    lines = [
-        f"TwoLayerNet 784-{hidden}-10 {dtype}, global batch {batch_size}, "
-        f"{rows[0]['buffer_bytes']:,} bytes all-reduced per step (medians over steps)",
-        f"{'ranks x threads':<24}{'steps/s':>9}{'samples/s':>11}{'vs 1x1':>8}"
-        f"{'allreduce/step':>16}{'bare allreduce':>16}",
-    ]
-    for row in rows:
-        step, in_step, bare = row["step_s"], row["allreduce_in_step_s"], row["bare_allreduce_s"]
-        label = f"{row['ranks']} x {row['threads']} (BLAS {row['blas']})"
-        lines.append(
-            f"{label:<24}{1 / step:>9.1f}{batch_size / step:>11,.0f}{base / step:>8.2f}"
-            f"{in_step * 1e3:>13.3f} ms{bare * 1e3:>13.3f} ms"
-        )
-    return "\n".join(lines)
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m fastbp.distributed",
-        description="Benchmark data-parallel training: 1 rank x 2 threads (BLAS 2 or 1), "
-        "1 rank x 1 thread and 2 ranks x 1 thread (launches mpiexec itself).",
-    )
-    parser.add_argument("--bench", action="store_true", help="run the benchmark")
-    parser.add_argument("--bench-worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--hidden", type=int, default=50, help="hidden units (default 50)")
-    parser.add_argument("--batch-size", type=int, default=100, help="global batch (100)")
-    parser.add_argument("--steps", type=int, default=300, help="timed steps (default 300)")
-    parser.add_argument("--dtype", choices=("float64", "float32"), default="float64")
-    parser.add_argument("--mpiexec", default=None, help="mpiexec to use (default: on PATH)")
-    args = parser.parse_args(argv)
-    if args.bench_worker:
-        comm = get_mpi().COMM_WORLD
-        with abort_on_error(comm):
-            bench_worker(args.hidden, args.batch_size, args.steps, args.dtype)
-        return 0
-    if not args.bench:
-        parser.error("nothing to do: pass --bench")
-    mpiexec = args.mpiexec or find_mpiexec()
-    rows = bench(args.hidden, args.batch_size, args.steps, args.dtype, mpiexec)
-    print(bench_table(rows, args.hidden, args.batch_size, args.dtype))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

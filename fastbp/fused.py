@@ -6,36 +6,69 @@ single kernel call per step. It holds the params by reference (``sgd_step`` upda
 in place, and in-place changes by the caller take effect on the next call) and owns the
 work buffers: allocated on the first call, reused after, enlarged only when a batch is
 larger than any before. The math is the book's ``TwoLayerNet.gradient`` in the weights'
-dtype (a float32 batch with float64 weights is cast once per call into a buffer).
+dtype (a float32 batch with float64 weights is cast by rows inside the kernel).
 
-Sparse batches (MNIST images are about 80% zeros) take a first layer that only touches
-the W1 rows at nonzero pixels; it is chosen per batch from the nonzero count against
-``SPARSE_DENSITY`` (by the weights' dtype: it pays in float64, where BLAS is slower) and
-gives the dense path's results to rounding.
+Above the measured crossover the batch is split over Numba's threads, each calling the
+BLAS single-threaded on its own rows (``fastbp.kernels.blas``); below it, or with one
+Numba thread, one block runs with the BLAS's own threads.
+
+Every call reads the params, the gradient buffers and ``sparse`` afresh and checks them
+(shape, dtype, layout) before the kernel runs, so changing any of them between calls is
+safe. One step object may be shared by threads: calls take turns (a lock).
+
+Sparse batches (MNIST images are about 80% zeros) can take a first layer that only touches
+the W1 rows at nonzero pixels; ``sparse="auto"`` chooses it per batch from the nonzero
+count against ``SPARSE_DENSITY`` and gives the dense path's results to rounding.
 """
 
-import numba
+import math
+import threading
+
 import numpy as np
 
 from fastbp import checks
+from fastbp.kernels.blas import plan
 from fastbp.kernels.dispatch import SPARSE_DENSITY
-from fastbp.kernels.train_step import column_block, train_step
+from fastbp.kernels.train_step import train_step
 
 PARAM_NAMES = ("W1", "b1", "W2", "b2")
+SPARSE_CHOICES = ("auto", True, False)
 
 
-def _params(W1, b1, W2, b2):
-    """The four params, checked: one float dtype, consistent shapes, C-contiguous."""
-    params = dict(zip(PARAM_NAMES, (W1, b1, W2, b2), strict=True))
-    for name, p in params.items():
+def _params(params):
+    """The four params read once from ``params``, checked: one float dtype, consistent
+    shapes, C-contiguous and writeable."""
+    W1, b1, W2, b2 = (params[name] for name in PARAM_NAMES)
+    for name, p in zip(PARAM_NAMES, (W1, b1, W2, b2), strict=True):
         checks.updatable(name, p, ndim=2 if name[0] == "W" else 1)
         if p.dtype != W1.dtype:
             raise TypeError(f"{name} has dtype {p.dtype}, expected {W1.dtype} like W1")
-    k, h = W1.shape
-    c = W2.shape[1]
-    for name, shape in (("b1", (h,)), ("W2", (h, c)), ("b2", (c,))):
-        checks.same_shape(name, params[name], "W1 and W2 imply", shape)
-    return params
+    h, c = W1.shape[1], W2.shape[1]
+    for name, p, shape in (("b1", b1, (h,)), ("W2", W2, (h, c)), ("b2", b2, (c,))):
+        checks.same_shape(name, p, "W1 and W2 imply", shape)
+    return W1, b1, W2, b2
+
+
+def _sparse(sparse):
+    if not any(sparse is choice or sparse == choice for choice in SPARSE_CHOICES):
+        raise ValueError(f"sparse must be 'auto', True or False, got {sparse!r}")
+    return sparse if isinstance(sparse, str) else bool(sparse)
+
+
+def _grad_buffers(grads, params, label):
+    """The four gradient arrays read once from ``grads`` (called ``label`` in errors),
+    checked against the params."""
+    out = []
+    for name, p in zip(PARAM_NAMES, params, strict=True):
+        g = grads[name]
+        if not (isinstance(g, np.ndarray) and g.dtype == p.dtype and g.shape == p.shape):
+            raise ValueError(f"{label}[{name!r}] must be a {p.dtype} array of shape {p.shape}")
+        if not (g.flags.c_contiguous and g.flags.writeable and g.dtype.isnative):
+            raise ValueError(f"{label}[{name!r}] must be writeable and C-contiguous")
+        if any(np.may_share_memory(g, q) for q in params):
+            raise ValueError(f"{label}[{name!r}] must not share memory with a parameter")
+        out.append(g)
+    return out
 
 
 class TwoLayerStep:
@@ -43,22 +76,22 @@ class TwoLayerStep:
 
     ``sparse``: "auto" (pick per batch by density), True (always the sparse first layer)
     or False (always dense BLAS). Use ``from_params(net.params)`` for a book-style net.
-    The buffers make a step object single-threaded: give each thread its own.
+    After a call: ``loss``, ``hidden`` (the ReLU output z1[N, H]) and ``probs`` (the
+    softmax output y[N, C]) describe that batch, until the next call overwrites them.
     """
 
     def __init__(self, W1, b1, W2, b2, sparse="auto"):
-        if sparse not in ("auto", True, False):
-            raise ValueError(f"sparse must be 'auto', True or False, got {sparse!r}")
-        self.params = _params(W1, b1, W2, b2)
-        self.sparse = sparse
-        self.dtype = W1.dtype
+        self.params = dict(zip(PARAM_NAMES, (W1, b1, W2, b2), strict=True))
+        _params(self.params)
+        self.sparse = _sparse(sparse)
         self.loss = None
+        self.hidden = None
+        self.probs = None
         self._grads = None  # the reused gradient buffers, allocated on first use
-        self._capacity = 0  # rows the batch buffers hold
-        self._rows = None  # (n, z1, dy, dz1, xw) views for the last batch size
-        self._nz = None  # sparse first layer: positions of x's nonzeros by row and column
-        self._xw = None  # x cast to the weights' dtype, allocated on the first mixed batch
-        self._last = None  # (rows, max_nnz) of the last call
+        self._work = {}  # name -> reused work buffer (grown, never shrunk)
+        self._views = None  # (sizes, views into _work) of the last call
+        self._used_sparse = None
+        self._lock = threading.Lock()
 
     @classmethod
     def from_params(cls, params, sparse="auto"):
@@ -68,72 +101,80 @@ class TwoLayerStep:
     @property
     def grads(self):
         """The reused gradient buffers {'W1', 'b1', 'W2', 'b2'} (params' shapes and dtype)."""
-        if self._grads is None:
-            self._grads = self._new_grads()
-        return self._grads
+        with self._lock:
+            if self._grads is None:
+                self._grads = self._new_grads(_params(self.params))
+            return self._grads
 
-    def _new_grads(self):
-        return {name: np.empty_like(p) for name, p in self.params.items()}
+    @staticmethod
+    def _new_grads(params):
+        return {name: np.empty_like(p) for name, p in zip(PARAM_NAMES, params, strict=True)}
 
-    def _max_nnz(self, n, k):
-        if self.sparse == "auto":
-            return int(SPARSE_DENSITY[self.dtype.name] * n * k)
-        return n * k if self.sparse else -1
+    def _buffer(self, name, shape, dtype):
+        """A reused work array of ``shape`` and ``dtype`` (a view into a larger one)."""
+        size = math.prod(shape)
+        held = self._work.get(name)
+        if held is None or held.dtype != dtype or held.size < size:
+            held = self._work[name] = np.empty(size, dtype)
+        return held[:size].reshape(shape)
 
-    def _batch_buffers(self, n, k, cast):
-        """(z1, dy, dz1, xw, nz) for a batch of n rows, enlarging them if needed."""
-        h, c = self.params["W2"].shape
-        if n > self._capacity:
-            self._capacity = n
-            self._z1 = np.empty((n, h), self.dtype)
-            self._dy = np.empty((n, c), self.dtype)
-            self._dz1 = np.empty((n, h), self.dtype)
-            cap = max(self._max_nnz(n, k), 0)
-            self._nz = np.empty(n + 1 + k + 1 + n + 2 * cap, np.int32)
-            self._xw = None
-            self._rows = None
-        if cast and self._xw is None:
-            self._xw = np.empty((self._capacity, k), self.dtype)
-        if self._rows is None or self._rows[0] != n or (cast and self._rows[4] is None):
-            xw = None if self._xw is None else self._xw[:n]
-            self._rows = (n, self._z1[:n], self._dy[:n], self._dz1[:n], xw)
-        return self._rows[1:] + (self._nz,)
+    def _buffers(self, n, k, h, c, dtype, blocks, cast, max_nnz):
+        """(xw or None, nz, z1, y, dy, dz1, dW2p, db1p, db2p, lossp) for this call's sizes;
+        the views of the last sizes are kept, so a run of equal batches builds none."""
+        key = (n, k, h, c, dtype, blocks, cast, max_nnz)
+        if self._views is None or self._views[0] != key:
+            buf = self._buffer
+            views = (buf("xw", (n, k), dtype) if cast else None,)
+            views += (buf("nz", (n + 1 + k + 1 + n + 2 * max(max_nnz, 0),), np.int64),)
+            views += (buf("z1", (n, h), dtype), buf("y", (n, c), dtype))
+            views += (buf("dy", (n, c), dtype), buf("dz1", (n, h), dtype))
+            views += (buf("dW2p", (blocks, h, c), dtype), buf("db1p", (blocks, h), dtype))
+            views += (buf("db2p", (blocks, c), dtype), buf("lossp", (blocks,), np.float64))
+            self._views = (key, views)
+        return self._views[1]
 
-    def _run(self, x, t, lr, update, grads):
+    def _run(self, x, t, lr, update, grads, label="grads", backward=True):
         x = checks.batch("x", x, min_ndim=2)
         n = x.shape[0]
         x = x.reshape(n, -1)
-        W1, b1, W2, b2 = (self.params[name] for name in PARAM_NAMES)
-        k, h = W1.shape
-        if x.shape[1] != k:
-            raise ValueError(f"x has {x.shape[1]} features per sample, but W1 expects {k}")
-        x = checks.computable(x, None)
-        if not x.flags.writeable:  # the kernel's one signature takes writeable arrays
-            x = x.copy()
-        t = checks.labels(t, n, W2.shape[1], self.dtype)
-        if t.ndim == 2:  # checked one-hot: the kernel reads class indices
-            t = t.argmax(axis=1)
-        cast = x.dtype != self.dtype
-        z1, dy, dz1, xw, nz = self._batch_buffers(n, k, cast)
-        build = train_step.pick(x.size)
-        threads = 1 if build is train_step.serial else numba.get_num_threads()
-        max_nnz = self._max_nnz(n, k)
-        g = grads
-        loss = build(
-            x, xw if cast else x, cast, t, W1, b1, W2, b2, self.dtype.type(lr), update, max_nnz,
-            column_block(h, threads), nz, z1, dy, dz1, g["W1"], g["b1"], g["W2"], g["b2"],
-        )  # fmt: skip
-        self.loss = self.dtype.type(loss)
-        self._last = (n, max_nnz)
-        return self.loss
+        with self._lock:
+            params = _params(self.params)
+            sparse = _sparse(self.sparse)
+            W1, b1, W2, b2 = params
+            dtype = W1.dtype
+            (k, h), c = W1.shape, W2.shape[1]
+            if x.shape[1] != k:
+                raise ValueError(f"x has {x.shape[1]} features per sample, but W1 expects {k}")
+            x = checks.computable(x, None)
+            if not x.flags.writeable:  # the kernel's one signature takes writeable arrays
+                x = x.copy()
+            t = checks.labels(t, n, c, dtype)
+            if t.ndim == 2:  # checked one-hot: the kernel reads class indices
+                t = t.argmax(axis=1)
+            if grads is None:
+                if self._grads is None:
+                    self._grads = self._new_grads(params)
+                grads = self._grads
+            g = _grad_buffers(grads, params, label)
+            max_nnz = int(SPARSE_DENSITY[dtype.name] * n * k) if sparse == "auto" else -1
+            if sparse is True:
+                max_nnz = n * k
+            build, blocks, own = plan(train_step, x.size * h)
+            cast = x.dtype != dtype
+            xw, nz, z1, y, dy, dz1, *parts = self._buffers(n, k, h, c, dtype, blocks, cast, max_nnz)
+            loss = build(
+                x, xw if cast else x, cast, t, W1, b1, W2, b2, dtype.type(lr), update, max_nnz,
+                nz, z1, y, dy, dz1, *g, *parts, own, backward,
+            )  # fmt: skip
+            self.loss = dtype.type(loss)
+            self.hidden, self.probs = z1, y
+            self._used_sparse = max_nnz >= 0 and bool(nz[n] <= max_nnz)
+            return self.loss
 
     @property
     def used_sparse(self):
         """Whether the last call took the sparse first layer (None before any call)."""
-        if self._last is None:
-            return None
-        n, max_nnz = self._last
-        return bool(self._nz[n] <= max_nnz)
+        return self._used_sparse
 
     def gradient(self, x, t, reuse=True, out=None):
         """{'W1', 'b1', 'W2', 'b2'} gradients of the loss of batch x[N, K] (or x[N, ...])
@@ -144,20 +185,21 @@ class TwoLayerStep:
         ``out``: a dict of four writeable C-contiguous arrays of the params' shapes and
         dtype to write the gradients into instead (e.g. views into one flat buffer).
         """
-        if out is not None:
-            for name, p in self.params.items():
-                g = out[name]
-                if not (isinstance(g, np.ndarray) and g.dtype == p.dtype and g.shape == p.shape):
-                    raise ValueError(f"out[{name!r}] must be a {p.dtype} array of shape {p.shape}")
-                if not (g.flags.c_contiguous and g.flags.writeable):
-                    raise ValueError(f"out[{name!r}] must be writeable and C-contiguous")
-        grads = out if out is not None else self.grads if reuse else self._new_grads()
-        self._run(x, t, 0.0, False, grads)
-        return dict(grads)
+        label = "grads" if out is None else "out"
+        if out is None and not reuse:
+            out = self._new_grads(_params(self.params))
+        grads = None if out is None else {name: out[name] for name in PARAM_NAMES}
+        self._run(x, t, 0.0, False, grads, label)
+        return dict(grads if grads is not None else self._grads)
+
+    def loss_of(self, x, t):
+        """The loss of batch (x, t) alone: the forward pass (``hidden``, ``probs`` as after
+        ``gradient``), no gradient is computed and ``grads`` are left as they were."""
+        return self._run(x, t, 0.0, False, None, backward=False)
 
     def sgd_step(self, x, t, lr):
         """One SGD step on batch (x, t): every param -= lr * its gradient, in place.
         Returns the loss of the batch before the update. ``grads`` is scratch space here
         (the sparse path skips the W1 rows it does not update): call ``gradient`` for them."""
         lr = checks.scalar("lr", lr)
-        return self._run(x, t, lr, True, self.grads)
+        return self._run(x, t, lr, True, None)

@@ -15,39 +15,54 @@ through float64 weights give float64 outputs. Differences from the book, all del
   or indexing out of bounds.
 """
 
+import functools
+
 import numpy as np
 
 from fastbp import checks, functions, util
 from fastbp.functions import *  # noqa: F403 (the book's layers star-import its functions)
-from fastbp.kernels import (
-    affine_backward,
-    affine_forward,
-    batchnorm_backward,
-    batchnorm_forward,
-    batchnorm_inference,
-    conv_backward,
-    conv_forward,
-    dropout_backward,
-    dropout_forward,
-    maxpool2x2_forward,
-    maxpool_backward,
-    maxpool_forward,
-    relu_backward,
-    relu_forward,
-    sigmoid_backward,
-    sigmoid_forward,
-    softmax_ce_backward,
-    softmax_ce_forward,
-)
+from fastbp.lazy import LazyKernel
 from fastbp.reference import AddLayer, MulLayer
 from fastbp.util import col2im, im2col
 
 __all__ = ["AddLayer", "Affine", "MulLayer", "Relu", "Sigmoid", "SoftmaxWithLoss"]
 
+# The kernels, imported (with Numba) on the first call of a kernel-backed layer.
+_kernel = functools.partial(LazyKernel, globals(), "fastbp.kernels")
+# The affine kernels through their wrappers, which choose the blocks (kernels/affine.py).
+affine_backward = LazyKernel(globals(), "fastbp.kernels.affine", "affine_backward", "backward")
+affine_forward = LazyKernel(globals(), "fastbp.kernels.affine", "affine_forward", "forward")
+relu_backward = _kernel("relu_backward")
+relu_forward = _kernel("relu_forward")
+sigmoid_backward = _kernel("sigmoid_backward")
+sigmoid_forward = _kernel("sigmoid_forward")
+softmax_ce_backward = _kernel("softmax_ce_backward")
+softmax_ce_forward = _kernel("softmax_ce_forward")
+batchnorm_backward = _kernel("batchnorm_backward")
+batchnorm_forward = _kernel("batchnorm_forward")
+batchnorm_inference = _kernel("batchnorm_inference")
+# The convolution kernels through their wrappers, which choose the blocks (kernels/conv.py).
+conv_backward = LazyKernel(globals(), "fastbp.kernels.conv", "conv_backward", "backward")
+conv_forward = LazyKernel(globals(), "fastbp.kernels.conv", "conv_forward", "forward")
+dropout_backward = _kernel("dropout_backward")
+dropout_forward = _kernel("dropout_forward")
+maxpool2x2_forward = _kernel("maxpool2x2_forward")
+maxpool_backward = _kernel("maxpool_backward")
+maxpool_forward = _kernel("maxpool_forward")
+
 
 def _flat(a):
     """1-D view of a C-contiguous array (``ravel`` never copies one, and is the cheaper call)."""
     return a.ravel()
+
+
+def _cast(a, dtype):
+    """``a`` in ``dtype``; a narrowing cast overflows to inf silently, like the NumPy
+    expression computed in ``dtype`` does (no RuntimeWarning, even under np.errstate)."""
+    if a.dtype == dtype:
+        return a
+    with np.errstate(over="ignore"):
+        return a.astype(dtype)
 
 
 class Relu:
@@ -59,17 +74,18 @@ class Relu:
     def forward(self, x):
         x = checks.computable(checks.float_array("x", x), None)
         out = np.empty(x.shape, x.dtype)
-        self.mask = np.empty(x.shape, np.bool_)
-        relu_forward(_flat(x), _flat(out), _flat(self.mask))
+        mask = np.empty(x.shape, np.bool_)
+        relu_forward(_flat(x), _flat(out), _flat(mask))
+        self.mask = mask
         return out
 
     def backward(self, dout):
-        checks.after_forward(self, self.mask)
+        mask = checks.state(self, "mask", self.mask, (np.dtype(np.bool_),))
         dout = checks.float_array("dout", dout)
-        checks.same_shape("dout", dout, "the forward input", self.mask.shape)
+        checks.same_shape("dout", dout, "the forward input", mask.shape)
         dout = checks.computable(dout, None)
         dx = np.empty(dout.shape, dout.dtype)
-        relu_backward(_flat(dout), _flat(self.mask), _flat(dx))
+        relu_backward(_flat(dout), _flat(mask), _flat(dx))
         return dx
 
 
@@ -81,17 +97,18 @@ class Sigmoid:
 
     def forward(self, x):
         x = checks.computable(checks.float_array("x", x), None)
-        self.out = np.empty(x.shape, x.dtype)
-        sigmoid_forward(_flat(x), _flat(self.out))
-        return self.out
+        out = np.empty(x.shape, x.dtype)
+        sigmoid_forward(_flat(x), _flat(out))
+        self.out = out
+        return out
 
     def backward(self, dout):
-        checks.after_forward(self, self.out)
+        out = checks.state(self, "out", self.out, checks.FLOAT_DTYPES)
         dout = checks.float_array("dout", dout)
-        checks.same_shape("dout", dout, "the forward output", self.out.shape)
+        checks.same_shape("dout", dout, "the forward output", out.shape)
         dout = checks.computable(dout, None)
-        dx = np.empty(dout.shape, np.result_type(dout, self.out))
-        sigmoid_backward(_flat(dout), _flat(self.out), _flat(dx))
+        dx = np.empty(dout.shape, np.result_type(dout, out))
+        sigmoid_backward(_flat(dout), _flat(out), _flat(dx))
         return dx
 
 
@@ -111,7 +128,9 @@ class Affine:
         self.original_x_shape = None
         self.dW = None
         self.db = None
-        self._x = None  # self.x in the compute dtype, C-contiguous
+        # What backward needs, set in one assignment by forward: (x's shape, x's dtype,
+        # the 2-D x in the forward's compute dtype, C-contiguous).
+        self._forward = None
 
     def _params(self):
         W = checks.float_array("W", self.W, ndim=2)
@@ -132,33 +151,45 @@ class Affine:
             )
         dtype = np.result_type(flat, W, b)
         W, b = checks.computable(W, dtype), checks.computable(b, dtype)
+        x2 = checks.computable(flat, None)  # a float32 x is cast by rows in the kernel
+        out = np.empty((x2.shape[0], W.shape[1]), dtype)
+        affine_forward(out, x2, W, b)
         # State changes only after validation, so a rejected x leaves backward consistent.
         self.original_x_shape, self.x = x.shape, flat
-        self._x = checks.computable(flat, dtype)
-        out = np.empty((self._x.shape[0], W.shape[1]), dtype)
-        affine_forward(out, self._x, W, b)
+        self._forward = (x.shape, flat.dtype, x2)
         return out
 
+    def adopt_forward(self, x):
+        """Record x[N, ...] as the input of a forward pass computed elsewhere (the fused
+        step of ``fastbp.nets.TwoLayerNet``), as ``forward(x)`` would (x, backward)."""
+        x = checks.frozen(x)
+        flat = x.reshape(x.shape[0], -1)
+        self._forward = (x.shape, flat.dtype, checks.computable(flat, None))
+        self.original_x_shape, self.x = x.shape, flat
+
     def backward(self, dout):
-        checks.after_forward(self, self._x)
+        state = self._forward
+        checks.after_forward(self, state)
+        x_shape, x_dtype, x2 = state
         dout = checks.float_array("dout", dout, ndim=2)
-        n, k = self._x.shape
+        n, k = x2.shape
         W_given, _ = self._params()
         m = W_given.shape[1]
         checks.same_shape("W", W_given, "the W used in forward", (k, m))
         checks.same_shape("dout", dout, "the forward output", (n, m))
-        dtype = np.result_type(dout, self._x, W_given)
+        # x2 is x in its own dtype (forward cast it by rows); cast here for the GEMMs.
+        dtype = np.result_type(dout, x_dtype, W_given)
         W = checks.computable(W_given, dtype)
-        x = checks.computable(self._x, dtype)
+        x = checks.computable(x2, dtype)
         d = checks.computable(dout, dtype)
         dx = np.empty((n, k), dtype)
         dW = np.empty((k, m), dtype)
         db = np.empty(m, dtype)
         affine_backward(d, x, W, dx, dW, db, True)
         # NumPy's dtypes for the book's expressions: dW = x.T @ dout, db = sum(dout).
-        self.dW = dW.astype(np.result_type(self.x, dout), copy=False)
-        self.db = db.astype(dout.dtype, copy=False)
-        return dx.astype(np.result_type(dout, W_given), copy=False).reshape(self.original_x_shape)
+        self.dW = _cast(dW, np.result_type(x_dtype, dout))
+        self.db = _cast(db, dout.dtype)
+        return _cast(dx, np.result_type(dout, W_given)).reshape(x_shape)
 
 
 class SoftmaxWithLoss:
@@ -172,13 +203,14 @@ class SoftmaxWithLoss:
         self.loss = None
         self.y = None
         self.t = None
-        self._t = None  # validated labels, 2-D form for a single sample
-        self._y = None  # the softmax output y, 2-D (N, C)
-        self._shape = None  # shape of the logits x
+        # What backward needs, set in one assignment by forward: (shape of the logits x,
+        # the validated labels in 2-D form, the softmax output y in 2-D form (N, C)).
+        self._forward = None
 
     def forward(self, x, t):
         x = checks.batch("x", x)
         shape, given_t = x.shape, t
+        t = checks.frozen(t)
         if x.ndim == 1:
             x = x.reshape(1, -1)
             t = checks.sample_labels(t, x.shape[1])
@@ -189,19 +221,27 @@ class SoftmaxWithLoss:
         y = np.empty(x.shape, x.dtype)
         loss = x.dtype.type(softmax_ce_forward(x, t, y))
         # State changes only after validation, so rejected labels leave backward consistent.
-        self._shape, self.t, self._t, self._y = shape, given_t, t, y
-        self.loss, self.y = loss, y.reshape(shape)
-        return self.loss
+        self._forward = (shape, t, y)
+        self.t, self.loss, self.y = given_t, loss, y.reshape(shape)
+        return loss
+
+    def adopt_forward(self, y, t, loss):
+        """Record softmax output y[N, C] (a new array), labels t and their loss of a
+        forward pass computed elsewhere (the fused step), as ``forward`` would."""
+        labels = checks.labels(checks.frozen(t), *y.shape, y.dtype)
+        self._forward = (y.shape, labels, y)
+        self.t, self.loss, self.y = t, loss, y
 
     def backward(self, dout=1):
         """dx = dout * (y - onehot(t)) / N, in x's shape; ``dout`` is a real scalar."""
-        checks.after_forward(self, self._t)
+        state = self._forward
+        checks.after_forward(self, state)
+        shape, t, y = state
         dout = checks.scalar("dout", dout)
-        t, y = self._t, self._y
         dtype = np.result_type(y, t) if t.ndim == 2 else y.dtype
         dx = np.empty(y.shape, dtype)
         softmax_ce_backward(y, t, dout / y.shape[0], dx)
-        return dx.reshape(self._shape)
+        return dx.reshape(shape)
 
 
 # -- chapters 6-8: Dropout, BatchNormalization, Convolution, Pooling (issue 11) ----------
@@ -405,10 +445,8 @@ class Convolution:
         col = checks.computable(self._col, dtype)
         Wm = checks.computable(W.reshape(fn, -1), dtype)
         k = Wm.shape[1]
-        dx = np.empty(x_shape, dtype)
-        dW, dW_n = np.empty((fn, k), dtype), np.empty((fn, k), dtype)
-        db, dcol = np.empty(fn, dtype), np.empty((k, oh * ow), dtype)
-        conv_backward(d, Wm, col, dx, dW, db, dW_n, dcol, fh, fw, stride, pad, oh, ow, True)
+        dx, dW, db = np.empty(x_shape, dtype), np.empty((fn, k), dtype), np.empty(fn, dtype)
+        conv_backward(d, Wm, col, dx, dW, db, fh, fw, stride, pad, oh, ow, True)
         self.dW, self.db = dW.reshape(W.shape), db
         return dx
 

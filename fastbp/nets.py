@@ -162,18 +162,42 @@ class TwoLayerNet(LayerNet):
         )
         return step if fits else None
 
+    def loss(self, x, t):
+        """Mean cross-entropy of the batch (t one-hot or class indices); one compiled
+        forward pass when ``fused_step(x)`` allows (the loss also in ``lastLayer.loss``)."""
+        step = self.fused_step(x)
+        if step is None:
+            return super().loss(x, t)
+        step.loss_of(x, t)
+        self._adopt(step, x, t)
+        return self.lastLayer.loss
+
+    def _adopt(self, step, x, t, grads=None):
+        """Leave the layers as the book's forward (and, with ``grads``, backward) pass on
+        batch (x, t) would: x, mask, y, loss, dW, db describe this batch, and each layer's
+        ``backward`` works on it (copies of the step's hidden activations and softmax)."""
+        hidden = step.hidden.copy()
+        self.layers["Affine1"].adopt_forward(x)
+        self.layers["Relu1"].mask = hidden <= 0
+        self.layers["Affine2"].adopt_forward(hidden)
+        self.lastLayer.adopt_forward(step.probs.copy(), t, step.loss)
+        if grads is not None:
+            for i in (1, 2):
+                affine = self.layers[f"Affine{i}"]
+                affine.dW, affine.db = grads[f"W{i}"], grads[f"b{i}"]
+
     def gradient(self, x, t):
         """{param name: gradient} of ``loss(x, t)`` by backpropagation, as new arrays.
 
         When ``fused_step(x)`` allows, the whole forward and backward pass is one compiled
-        call (``fastbp.fused``): same results to rounding, the loss in ``lastLayer.loss``,
-        but the layers' cached forward state (x, mask, y, dW) is left as it was.
+        call (``fastbp.fused``): same results to rounding, and the layers' attributes
+        (x, mask, y, loss, dW, db) set as the layer-by-layer pass sets them.
         """
         step = self.fused_step(x)
         if step is None:
             return super().gradient(x, t)
         grads = step.gradient(x, t, reuse=False)
-        self.lastLayer.loss = step.loss
+        self._adopt(step, x, t, grads)
         return grads
 
 

@@ -9,10 +9,17 @@ in float32), so results agree with the NumPy code to rounding.
 
 Each parameter must be a writable, C-contiguous, native-byte-order float32/float64 ndarray,
 each gradient a float32/float64 array of the same shape and each hyperparameter a real
-number; anything else raises before any update.
+number. State arrays set by the caller (a restored checkpoint) are treated like the book's
+NumPy code treats them: Momentum rebinds ``v`` each step, so any real array of the right
+shape works and one that cannot be updated in place as it is (another dtype or layout,
+read-only) is replaced by a converted copy; AdaGrad and Adam update ``h``, ``m`` and ``v``
+in place, so those must be writable float32/float64 ndarrays (any layout or byte order:
+they are updated through a C-contiguous copy). A gradient sharing memory with its
+parameter is copied first (NumPy's ``p -= lr * g`` computes ``lr * g`` before writing).
+Anything else raises before any parameter or state changes.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 
 import numpy as np
 
@@ -31,19 +38,24 @@ EPS = 1e-7
 
 
 def _validated(params, grads):
-    """[(key, param, grad)] with each grad C-contiguous, validated before any update."""
+    """[(key, param, grad)], each a ``frozen`` view checked before any update."""
     for name, arrays in (("params", params), ("grads", grads)):
         if not isinstance(arrays, Mapping):
             raise TypeError(f"{name} must be a dict of arrays, got {type(arrays).__name__}")
     pairs = []
     for key, p in params.items():
-        checks.updatable(f"params[{key!r}]", p)
+        p = checks.updatable(f"params[{key!r}]", p)
         if key not in grads:
             raise ValueError(f"grads has no entry for params[{key!r}]")
         g = checks.float_array(f"grads[{key!r}]", grads[key])
         checks.same_shape(f"grads[{key!r}]", g, f"params[{key!r}]", p.shape)
-        pairs.append((key, p, np.ascontiguousarray(g)))
+        pairs.append((key, p, g))
     return pairs
+
+
+def _kernel_ready(a):
+    """Whether the kernel can update ``a`` in place as it is."""
+    return a.flags.c_contiguous and a.flags.writeable and a.dtype.isnative
 
 
 class Optimizer:
@@ -51,6 +63,7 @@ class Optimizer:
 
     state_names = ()  # the per-parameter state dicts, e.g. ("v",) for Momentum
     hyperparameters = ("lr",)  # attributes checked to be real numbers on every update
+    rebinds_state = False  # the book assigns new state arrays each step (Momentum)
 
     def __init__(self):
         for name in self.state_names:
@@ -60,8 +73,8 @@ class Optimizer:
         """dtype of the state arrays of param p (the book's np.zeros_like(p))."""
         return p.dtype
 
-    def _states(self, pairs):
-        """[(flat state arrays...)] per pair, allocated (zeros) on the first update."""
+    def _allocate(self, pairs):
+        """Zero state arrays on the first update."""
         if self.state_names and getattr(self, self.state_names[0]) is None:
             for name in self.state_names:
                 setattr(
@@ -69,26 +82,68 @@ class Optimizer:
                     name,
                     {key: np.zeros(p.shape, self._state_dtype(p, g)) for key, p, g in pairs},
                 )
-        states = []
-        for key, p, _ in pairs:
-            arrays = tuple(getattr(self, name).get(key) for name in self.state_names)
-            if any(a is None or a.shape != p.shape for a in arrays):
-                raise ValueError(
-                    f"params[{key!r}] does not match the parameters of this optimizer's first "
-                    "update; use a new optimizer for a different set of parameters"
-                )
-            states.append(tuple(a.reshape(-1) for a in arrays))
-        return states
+
+    def _state(self, name, key, p, g):
+        """(array the kernel updates, array to store in ``self.name[key]`` first or None,
+        array to copy the result back into afterwards or None); raises on a bad state."""
+        label = f"{type(self).__name__}.{name}[{key!r}]"
+        states = getattr(self, name)
+        if not isinstance(states, MutableMapping):
+            raise TypeError(f"{type(self).__name__}.{name} must be a dict of arrays")
+        a = states.get(key)
+        if a is None or np.shape(a) != p.shape:
+            raise ValueError(
+                f"params[{key!r}] does not match the parameters of this optimizer's first "
+                f"update ({label} is missing or has another shape); use a new optimizer for "
+                "a different set of parameters"
+            )
+        if self.rebinds_state:
+            a = checks.frozen(a)
+            if a.dtype.kind not in "biuf":
+                raise TypeError(f"{label} must hold real numbers, got dtype {a.dtype}")
+            # The dtype of the book's momentum * v - lr * grad (Python float scalars).
+            dtype = np.result_type(np.result_type(a.dtype, 1.0), g.dtype)
+            if a.dtype == dtype and _kernel_ready(a) and not np.may_share_memory(a, p):
+                return a, None, None
+            new = np.array(a, dtype=dtype, order="C")
+            return new, new, None
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{label} must be a NumPy array (updated in place), got {type(a)}")
+        a = checks.frozen(a)
+        dtype = a.dtype.newbyteorder("=")
+        if dtype not in checks.FLOAT_DTYPES:
+            raise TypeError(
+                f"{label} has dtype {a.dtype}: it is updated in place with float results, "
+                "so it must be float32 or float64"
+            )
+        if not a.flags.writeable:
+            raise ValueError(f"{label} is read-only; it is updated in place (copy it first)")
+        if np.may_share_memory(a, p) or np.may_share_memory(a, g):
+            raise ValueError(f"{label} shares memory with params[{key!r}] or grads[{key!r}]")
+        if _kernel_ready(a):
+            return a, None, None
+        work = np.array(a, dtype=dtype, order="C")
+        return work, None, a
 
     def update(self, params, grads):
         """Update every ``params[key]`` in place from ``grads[key]``."""
         pairs = _validated(params, grads)
         for name in self.hyperparameters:
             checks.scalar(name, getattr(self, name))
-        states = self._states(pairs)
+        self._allocate(pairs)
+        plans = [[self._state(name, key, p, g) for name in self.state_names] for key, p, g in pairs]
         self._begin_step()
-        for (_, p, g), state in zip(pairs, states, strict=True):
-            self._update(p.reshape(-1), g.reshape(-1), *state)
+        for (key, p, g), plan in zip(pairs, plans, strict=True):
+            for name, (_, new, _) in zip(self.state_names, plan, strict=True):
+                if new is not None:
+                    getattr(self, name)[key] = new
+            if np.may_share_memory(p, g):
+                g = g.copy()
+            g = checks.computable(g, None)
+            self._update(p.reshape(-1), g.reshape(-1), *(work.reshape(-1) for work, _, _ in plan))
+            for work, _, target in plan:
+                if target is not None:
+                    target[...] = work
 
     def _begin_step(self):
         """Per-step bookkeeping before the parameter updates (Adam counts steps)."""
@@ -114,6 +169,7 @@ class Momentum(Optimizer):
 
     state_names = ("v",)
     hyperparameters = ("lr", "momentum")
+    rebinds_state = True
 
     def __init__(self, lr=0.01, momentum=0.9):
         super().__init__()

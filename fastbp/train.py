@@ -6,6 +6,7 @@ train/test accuracy after each epoch. ``step`` is pluggable (data-parallel or fu
 training steps reuse the loop); the default is the book's ``gradient`` + ``update``.
 """
 
+import itertools
 import time
 from dataclasses import dataclass, field
 
@@ -17,9 +18,10 @@ from fastbp.optimizers import SGD
 class History:
     """What ``train`` measured.
 
-    loss: training loss of every step; train_acc, test_acc: accuracy after each epoch;
-    epoch_seconds: wall time of each epoch's steps (evaluation excluded);
-    epoch_samples: training samples processed in each epoch.
+    loss: training loss of every step (of an interrupted epoch too); train_acc, test_acc:
+    accuracy after each epoch; epoch_seconds: wall time of each epoch's steps (evaluation
+    excluded); epoch_samples, epoch_steps: training samples and steps of each epoch;
+    eval_seconds: wall time of each epoch's evaluation (train and test accuracy).
     """
 
     loss: list = field(default_factory=list)
@@ -27,6 +29,8 @@ class History:
     test_acc: list = field(default_factory=list)
     epoch_seconds: list = field(default_factory=list)
     epoch_samples: list = field(default_factory=list)
+    eval_seconds: list = field(default_factory=list)
+    epoch_steps: list = field(default_factory=list)
 
     @property
     def samples_per_second(self):
@@ -60,6 +64,7 @@ def train(
     on_step=None,
     on_epoch=None,
     step=gradient_step,
+    history=None,
 ):
     """Train ``net`` in place and return its ``History``.
 
@@ -71,6 +76,8 @@ def train(
     on_step(step_number, loss, batch_samples): called after every step.
     on_epoch(epoch_number, history): called after every epoch's evaluation.
     step(net, optimizer, x, t) -> loss: one training step (default ``gradient_step``).
+    history: a ``History`` to append to (default a new one): when training stops early
+    (an exception, Ctrl-C), the caller's keeps everything measured until then.
     """
     (x_train, t_train), (x_test, t_test) = data
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -82,7 +89,7 @@ def train(
         raise ValueError(
             f"training data needs as many labels as images, got {n} and {len(t_train)}"
         )
-    history = History()
+    history = History() if history is None else history
     for epoch in range(1, epochs + 1):
         order = rng.permutation(n)
         start = time.perf_counter()
@@ -94,8 +101,11 @@ def train(
                 on_step(len(history.loss), loss, len(batch))
         history.epoch_seconds.append(time.perf_counter() - start)
         history.epoch_samples.append(n)
+        history.epoch_steps.append(-(-n // batch_size))
+        start = time.perf_counter()
         history.train_acc.append(float(net.accuracy(x_train, t_train)))
         history.test_acc.append(float(net.accuracy(x_test, t_test)))
+        history.eval_seconds.append(time.perf_counter() - start)
         if on_epoch is not None:
             on_epoch(epoch, history)
     return history
@@ -122,9 +132,12 @@ def plot_history(history, path, title=None):
     ax_loss, ax_acc = fig.subplots(1, 2)
     ax_loss.plot(range(1, len(history.loss) + 1), history.loss, lw=0.6, alpha=0.6, label="step")
     if history.train_acc:
-        per_epoch = len(history.loss) // len(history.train_acc)
-        ends = range(per_epoch, len(history.loss) + 1, per_epoch)
-        means = [sum(history.loss[end - per_epoch : end]) / per_epoch for end in ends]
+        # Steps per epoch as recorded, else (a History built by hand) the loss split evenly.
+        steps = history.epoch_steps or [len(history.loss) // len(history.train_acc)] * len(
+            history.train_acc
+        )
+        ends = list(itertools.accumulate(steps))
+        means = [sum(history.loss[end - k : end]) / k for end, k in zip(ends, steps, strict=True)]
         ax_loss.plot(ends, means, "k.-", label="epoch mean")
         ax_loss.legend(loc="upper right")
     ax_loss.set(xlabel="step", ylabel="training loss", yscale="log", title="loss")

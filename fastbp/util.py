@@ -10,8 +10,11 @@ float64) and float64 otherwise, and are C-contiguous.
 import numpy as np
 
 from fastbp import checks
-from fastbp.kernels import col2im as col2im_kernel
-from fastbp.kernels import im2col as im2col_kernel
+from fastbp.lazy import LazyKernel
+
+# The kernels, imported (with Numba) on first use.
+im2col_kernel = LazyKernel(globals(), "fastbp.kernels.conv", "im2col_kernel", "im2col")
+col2im_kernel = LazyKernel(globals(), "fastbp.kernels.conv", "col2im_kernel", "col2im")
 
 __all__ = ["col2im", "conv_output_size", "im2col", "shuffle_dataset", "smooth_curve"]
 

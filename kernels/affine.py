@@ -1,39 +1,102 @@
-"""Affine layer: ``out = x @ W + b`` and its gradients.
+"""Affine layer: ``out = x @ W + b`` and its gradients, on ``P`` blocks at once.
 
-All arrays are C-contiguous and share one float dtype (float32 or float64); the caller
-(``fastbp.layers.Affine``) validates and casts. The GEMMs are BLAS calls made outside any
-parallel loop, so BLAS threads and Numba threads never run at the same time.
+The work is cut into ``P`` blocks (one per Numba thread in the parallel build, 1 in the
+serial build; ``blas.plan`` chooses), each block calling the BLAS on its own rows of the
+batch (and, backward, its own rows of dW), single-threaded when ``P > 1``. W, b, dout,
+dx, dW and db share one float dtype (float32 or float64); all arrays are C-contiguous
+and checked by the caller (``fastbp.layers.Affine``).
 """
 
-from fastbp.kernels.blas import gemm
+import numpy as np
+from numba import prange, types
+from numba.extending import overload
+
+from fastbp.kernels.blas import block_of, gemm, plan
 from fastbp.kernels.dispatch import twin
-from numba import prange
 
-# Columns per parallel task in the bias-gradient column sum.
-COLUMN_BLOCK = 64
+# Rows of x cast at a time into a block's scratch rows (float32 images, float64 weights).
+CAST_ROWS = 128
+
+
+def rows_in_dtype(x, xw, lo, hi, at):
+    """Rows lo:hi of x in W's dtype: x's own rows when xw is None, else copied (cast) into
+    xw[at : at + hi - lo]. (Compiled, the choice is made by xw's type.)"""
+    if xw is None:
+        return x[lo:hi]
+    rows = xw[at : at + hi - lo]
+    rows[:] = x[lo:hi]
+    return rows
+
+
+@overload(rows_in_dtype, jit_options={"nogil": True})
+def _rows_in_dtype(x, xw, lo, hi, at):
+    if isinstance(xw, types.NoneType):
+        return lambda x, xw, lo, hi, at: x[lo:hi]
+
+    def impl(x, xw, lo, hi, at):
+        rows = xw[at : at + hi - lo]
+        for i in range(lo, hi):
+            for j in range(x.shape[1]):
+                rows[i - lo, j] = x[i, j]
+        return rows
+
+    return impl
 
 
 @twin
-def affine_forward(out, x, W, b):
-    """out[N, M] = x[N, K] @ W[K, M] + b[M], written in place."""
-    gemm(x, W, out, False, False)
-    for i in prange(out.shape[0]):
-        for j in range(out.shape[1]):
-            out[i, j] += b[j]
+def affine_forward(out, x, W, b, xw, blocks, own):
+    """out[N, M] = x[N, K] @ W[K, M] + b[M], written in place, on ``blocks`` blocks of
+    rows. xw: None when x has W's dtype, else a scratch xw[blocks * CAST_ROWS, K] in W's
+    dtype where each block casts CAST_ROWS of its rows of x at a time (no full-size copy
+    of x). ``own``: each block on the private single-threaded BLAS (``blas.plan``)."""
+    n = x.shape[0]
+    for p in prange(blocks):
+        lo, hi = block_of(p, blocks, n)
+        step = max(hi - lo, 1) if xw is None else CAST_ROWS
+        for s0 in range(lo, hi, step):
+            s1 = min(s0 + step, hi)
+            rows = rows_in_dtype(x, xw, s0, s1, p * CAST_ROWS)
+            gemm(rows, W, out[s0:s1], False, False, own)
+        for i in range(lo, hi):
+            for j in range(out.shape[1]):
+                out[i, j] += b[j]
 
 
 @twin
-def affine_backward(dout, x, W, dx, dW, db, need_dx):
-    """dx[N, K] = dout @ W.T (if ``need_dx``), dW[K, M] = x.T @ dout, db[M] = dout summed."""
-    if need_dx:
-        gemm(dout, W, dx, False, True)
-    gemm(x, dout, dW, True, False)
+def affine_backward(dout, x, W, dx, dW, db, need_dx, dbp, own):
+    """dx[N, K] = dout @ W.T (if ``need_dx``), dW[K, M] = x.T @ dout, db[M] = dout summed,
+    on P = dbp.shape[0] blocks: block p computes its rows of dx and of dW and its share
+    of db into dbp[p] (summed after, in block order); ``own`` as in affine_forward."""
     n, m = dout.shape
-    # Each task owns a block of columns, so no two threads add into the same db entry.
-    for block in prange((m + COLUMN_BLOCK - 1) // COLUMN_BLOCK):
-        lo = block * COLUMN_BLOCK
-        hi = min(lo + COLUMN_BLOCK, m)
-        db[lo:hi] = 0
-        for i in range(n):
-            for j in range(lo, hi):
-                db[j] += dout[i, j]
+    k = x.shape[1]
+    blocks = dbp.shape[0]
+    for p in prange(blocks):
+        lo, hi = block_of(p, blocks, n)
+        if need_dx:
+            gemm(dout[lo:hi], W, dx[lo:hi], False, True, own)
+        k0, k1 = block_of(p, blocks, k)
+        gemm(x[:, k0:k1], dout, dW[k0:k1], True, False, own)
+        for j in range(m):
+            dbp[p, j] = 0
+        for i in range(lo, hi):
+            for j in range(m):
+                dbp[p, j] += dout[i, j]
+    for j in range(m):
+        db[j] = dbp[0, j]
+    for p in range(1, blocks):
+        for j in range(m):
+            db[j] += dbp[p, j]
+
+
+def forward(out, x, W, b):
+    """``affine_forward`` on the blocks ``blas.plan`` picks: x[N, K] (float32 or W's
+    dtype, C-contiguous), W[K, M], b[M], out[N, M] in W's dtype."""
+    build, blocks, own = plan(affine_forward, out.size * x.shape[1])
+    xw = np.empty((blocks * CAST_ROWS, x.shape[1]), W.dtype) if x.dtype != W.dtype else None
+    build(out, x, W, b, xw, blocks, own)
+
+
+def backward(dout, x, W, dx, dW, db, need_dx):
+    """``affine_backward`` on the blocks ``blas.plan`` picks (arrays of one dtype)."""
+    build, blocks, own = plan(affine_backward, dout.size * x.shape[1])
+    build(dout, x, W, dx, dW, db, need_dx, np.empty((blocks, db.size), db.dtype), own)

@@ -8,8 +8,9 @@ no two threads ever add into the same sum.
 """
 
 import numpy as np
-from fastbp.kernels.dispatch import twin
 from numba import prange
+
+from fastbp.kernels.dispatch import twin
 
 # Columns per parallel task: wide strips, so that each pass streams rows (64 columns ran
 # the 3000x576 forward 2x slower than 1024, from strided reads).

@@ -1,27 +1,35 @@
-"""GEMM through NumPy's own BLAS, so that one process has one BLAS thread pool.
+"""GEMM from compiled code: NumPy's own BLAS, or a private single-threaded OpenBLAS.
 
 Inside ``@njit`` code Numba's ``np.dot`` calls SciPy's bundled OpenBLAS, while NumPy
 calls its own (a second copy with its own worker threads). A loop mixing fastbp and
 NumPy then has two OpenBLAS thread pools spinning against each other for the same
 cores (measured on 2 cores: the book's NumPy train step 0.7 -> 2 ms). ``gemm`` calls the
 CBLAS ``dgemm``/``sgemm`` of the library NumPy itself links (ILP64 OpenBLAS in the NumPy
-wheels), found at import through NumPy's extension module.
+wheels), found at import through NumPy's extension module, with NumPy's thread count.
 
-The compiled code calls the fixed symbols ``fastbp_cblas_dgemm64`` and
-``fastbp_cblas_sgemm64``, bound at import (``llvmlite.binding.add_symbol``) to NumPy's
-functions, so ``cache=True`` kernels load in a fresh process without recompiling. Where
-NumPy has no ILP64 CBLAS (an MKL or Accelerate build), they are bound to a compiled
-fallback with the same signature that calls ``np.dot`` (SciPy's BLAS, as before).
-(Numba still loads SciPy's OpenBLAS when it compiles or loads code; its threads are
-started but stay asleep while nothing calls it.)
+``gemm(..., own_thread=True)`` is for Numba threads that each multiply their own block
+of rows inside a parallel loop: it calls a private instance of OpenBLAS (the
+``scipy-openblas64`` package, loaded under its own name with one thread), so no BLAS
+thread pool competes with Numba's threads, and the user's NumPy keeps its own setting.
+(Switching NumPy's OpenBLAS to one thread per call instead was measured to cost ~300 us
+per switch: OpenBLAS stops and restarts its threads.) ``PARALLEL_BLAS`` says whether the
+private instance loaded; without it, GEMM kernels keep to one block.
+
+The compiled code calls fixed symbols (``fastbp_cblas_dgemm64`` and the like), bound at
+import (``llvmlite.binding.add_symbol``), so ``cache=True`` kernels load in a fresh
+process without recompiling. Where a library is missing (NumPy with MKL or Accelerate,
+no private OpenBLAS), a symbol is bound to a compiled fallback with the same signature
+that calls ``np.dot`` (SciPy's BLAS).
 """
 
 import ctypes
+import os
 
 import llvmlite.binding as ll
+import numba
 import numpy as np
 from llvmlite import ir
-from numba import carray, cfunc, types
+from numba import carray, cfunc, njit, types
 from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic, overload
@@ -30,6 +38,7 @@ from numba.extending import intrinsic, overload
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 NUMPY_NAMES = ("scipy_cblas_{}gemm64_", "cblas_{}gemm64_")
 SYMBOL = "fastbp_cblas_{}gemm64"
+OWN_THREAD_SYMBOL = "fastbp_own_thread_cblas_{}gemm64"
 
 # void gemm(int order, int ta, int tb, i64 m, i64 n, i64 k, T alpha, T *a, i64 lda,
 #           T *b, i64 ldb, T beta, T *c, i64 ldc)
@@ -43,14 +52,49 @@ def _signature(t):
     )
 
 
-def _numpy_function(prefix):
-    """Address of NumPy's ILP64 CBLAS ``{prefix}gemm``, or None."""
+def _numpy_blas():
+    """NumPy's extension module as a library: dlsym on it searches the libraries it
+    links, i.e. NumPy's BLAS."""
     try:
         from numpy._core import _multiarray_umath as umath
     except ImportError:  # NumPy 1.x
         from numpy.core import _multiarray_umath as umath
-    # dlsym on the extension searches the libraries it links, i.e. NumPy's BLAS.
-    lib = ctypes.CDLL(umath.__file__)
+    return ctypes.CDLL(umath.__file__)
+
+
+def _private_blas():
+    """A private single-threaded instance of OpenBLAS (``scipy-openblas64``), or None.
+
+    It is loaded under its own file name, so it shares no state or threads with NumPy's
+    copy; OPENBLAS_NUM_THREADS=1 while it loads keeps it from starting a thread pool."""
+    try:
+        import scipy_openblas64
+    except ImportError:
+        return None
+    path = os.path.join(scipy_openblas64.get_lib_dir(), f"lib{scipy_openblas64.get_library()}.so")
+    saved = os.environ.get("OPENBLAS_NUM_THREADS")
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    try:
+        lib = ctypes.CDLL(path, mode=ctypes.RTLD_LOCAL)
+    except OSError:
+        return None
+    finally:
+        if saved is None:
+            del os.environ["OPENBLAS_NUM_THREADS"]
+        else:
+            os.environ["OPENBLAS_NUM_THREADS"] = saved
+    setter = getattr(lib, "scipy_openblas_set_num_threads64_", None)
+    if setter is None:
+        return None
+    setter.argtypes = [ctypes.c_int]
+    setter(1)
+    return lib
+
+
+def _function(lib, prefix):
+    """Address of the ILP64 CBLAS ``{prefix}gemm`` in ``lib``, or None."""
+    if lib is None:
+        return None
     for name in NUMPY_NAMES:
         try:
             return ctypes.cast(getattr(lib, name.format(prefix)), ctypes.c_void_p).value
@@ -81,44 +125,55 @@ def _fallback(t):
     return fallback_gemm.address
 
 
-def _bind():
-    """Bind the two fixed symbols; returns True where they are NumPy's BLAS."""
+def _bind(lib, symbol):
+    """Bind ``symbol`` (both dtypes) to ``lib``'s GEMMs; returns True where they are."""
     found = True
     for prefix, t in (("d", types.float64), ("s", types.float32)):
-        address = _numpy_function(prefix)
+        address = _function(lib, prefix)
         if address is None:
             found = False
             address = _fallback(t)
-        ll.add_symbol(SYMBOL.format(prefix), address)
+        ll.add_symbol(symbol.format(prefix), address)
     return found
 
 
-NUMPY_BLAS = _bind()
+NUMPY_BLAS = _bind(_numpy_blas(), SYMBOL)
+PARALLEL_BLAS = _bind(_private_blas(), OWN_THREAD_SYMBOL)
 
 
 @intrinsic
-def _call(typingctx, a, b, out, ta, tb, m, n, k):
-    """CBLAS row-major ``out[m, n] = op(a) @ op(b)``, inner size k (ld = row lengths)."""
+def _call(typingctx, a, b, out, ta, tb, m, n, k, own):
+    """CBLAS row-major ``out[m, n] = op(a) @ op(b)``, inner size k (ld = row strides),
+    by the private single-threaded OpenBLAS if ``own`` else by NumPy's."""
     dtype = out.dtype
-    sig = types.void(a, b, out, ta, tb, m, n, k)
+    sig = types.void(a, b, out, ta, tb, m, n, k, own)
 
     def codegen(context, builder, signature, args):
-        a_v, b_v, out_v, ta_v, tb_v, m_v, n_v, k_v = args
+        a_v, b_v, out_v, ta_v, tb_v, m_v, n_v, k_v, own_v = args
         i32, i64 = ir.IntType(32), ir.IntType(64)
         real = context.get_value_type(dtype)
         c_args = [context.get_value_type(arg) for arg in _signature(dtype).args]
         fnty = ir.FunctionType(ir.VoidType(), c_args)
         prefix = "d" if dtype == types.float64 else "s"
-        fn = cgutils.get_or_insert_function(builder.module, fnty, SYMBOL.format(prefix))
+        numpy_fn, own_fn = (
+            cgutils.get_or_insert_function(builder.module, fnty, symbol.format(prefix))
+            for symbol in (SYMBOL, OWN_THREAD_SYMBOL)
+        )
+        own_flag = context.cast(builder, own_v, own, types.boolean)
+        fn = builder.select(own_flag, own_fn, numpy_fn)
         arrays = [
             context.make_array(ty)(context, builder, v)
             for ty, v in ((a, a_v), (b, b_v), (out, out_v))
         ]
 
-        def ld(arr):  # row length of a C-contiguous 2-D array, at least 1 (BLAS rule)
-            cols = builder.extract_value(arr.shape, 1)
+        def ld(arr, ty):  # elements from one row to the next, at least 1 (BLAS rule)
+            if ty.layout == "C":
+                step = builder.extract_value(arr.shape, 1)
+            else:  # rows of a wider C array: the row stride (unit inner stride checked)
+                size = ir.Constant(i64, context.get_abi_sizeof(real))
+                step = builder.sdiv(builder.extract_value(arr.strides, 0), size)
             one = ir.Constant(i64, 1)
-            return builder.select(builder.icmp_signed("<", cols, one), one, cols)
+            return builder.select(builder.icmp_signed("<", step, one), one, step)
 
         def trans(flag, ty):
             flag = context.cast(builder, flag, ty, types.boolean)
@@ -129,8 +184,8 @@ def _call(typingctx, a, b, out, ta, tb, m, n, k):
             [
                 ir.Constant(i32, ROW_MAJOR), trans(ta_v, ta), trans(tb_v, tb),
                 m_v, n_v, k_v, ir.Constant(real, 1.0),
-                arrays[0].data, ld(arrays[0]), arrays[1].data, ld(arrays[1]),
-                ir.Constant(real, 0.0), arrays[2].data, ld(arrays[2]),
+                arrays[0].data, ld(arrays[0], a), arrays[1].data, ld(arrays[1], b),
+                ir.Constant(real, 0.0), arrays[2].data, ld(arrays[2], out),
             ],
         )  # fmt: skip
         return context.get_dummy_value()
@@ -138,25 +193,52 @@ def _call(typingctx, a, b, out, ta, tb, m, n, k):
     return sig, codegen
 
 
-def gemm(a, b, out, trans_a, trans_b):
+def gemm(a, b, out, trans_a, trans_b, own_thread=False):
     """out[M, N] = op(a) @ op(b), op(x) = x.T if its flag else x, without copies; a, b,
-    out: C-contiguous 2-D arrays of one dtype (float32 or float64). Like
-    ``np.dot(.., out=out)``, out's previous contents (NaN included) are ignored.
+    out: 2-D arrays of one dtype (float32 or float64), each C-contiguous or a block of
+    rows and columns of a C-contiguous array (``x[:, k0:k1]``: unit inner stride, which
+    the compiled code assumes for any non-C layout). Like ``np.dot(.., out=out)``, out's
+    previous contents (NaN included) are ignored. ``own_thread``: computed on the calling
+    thread alone (the private OpenBLAS), for calls from inside a parallel loop.
     (This Python body runs with NUMBA_DISABLE_JIT; compiled code calls the BLAS.)"""
     np.dot(a.T if trans_a else a, b.T if trans_b else b, out)
 
 
 @overload(gemm, jit_options={"nogil": True})
-def _gemm(a, b, out, trans_a, trans_b):
+def _gemm(a, b, out, trans_a, trans_b, own_thread=False):
     arrays = (a, b, out)
-    if not all(isinstance(x, types.Array) and x.ndim == 2 and x.layout == "C" for x in arrays):
-        raise TypingError("gemm takes C-contiguous 2-D arrays")
+    if not all(isinstance(x, types.Array) and x.ndim == 2 and x.layout in "CA" for x in arrays):
+        raise TypingError("gemm takes 2-D arrays with rows of unit stride")
     if not (a.dtype == b.dtype == out.dtype and out.dtype in (types.float32, types.float64)):
         raise TypingError("gemm takes float32 or float64 arrays of one dtype")
 
-    def impl(a, b, out, trans_a, trans_b):
+    def impl(a, b, out, trans_a, trans_b, own_thread=False):
         m, n = out.shape
         k = a.shape[0] if trans_a else a.shape[1]
-        _call(a, b, out, trans_a, trans_b, m, n, k)
+        _call(a, b, out, trans_a, trans_b, m, n, k, own_thread)
 
     return impl
+
+
+@njit(inline="always", cache=True, nogil=True)
+def block_of(p, blocks, n):
+    """[lo, hi) of block p when n items are cut into ``blocks`` near-equal blocks."""
+    size = -(-n // blocks)
+    lo = min(p * size, n)
+    return lo, min(lo + size, n)
+
+
+def plan(kernel, size):
+    """(build, blocks, own) for a GEMM kernel ``Twin`` doing ``size`` multiply-adds (its
+    largest product's N * K * M; ``CROSSOVER`` holds them for these kernels).
+
+    With several Numba threads every GEMM runs on the private single-threaded BLAS
+    (``own``): the parallel build gives each thread its block, the serial build (small
+    work) one block, and NumPy's BLAS threads, never woken, never spin against Numba's.
+    With one Numba thread (``NUMBA_NUM_THREADS=1``) one block runs on NumPy's BLAS and
+    its threads, as NumPy itself would."""
+    threads = numba.get_num_threads()
+    if not PARALLEL_BLAS or threads == 1:
+        return kernel.serial, 1, False
+    build = kernel.pick(size)
+    return build, threads if build is kernel.parallel else 1, True

@@ -31,15 +31,15 @@ from numba import njit
 # timed alternately over 1K..4M elements, float32 and float64 (softmax with 10 classes);
 # each value is the smallest power of two where the parallel build is >= 1.05x the serial
 # one for both dtypes (float32 needs about twice the elements of float64: same bytes).
-# NEVER: kernels whose work is BLAS calls (affine, the fused train step). Their parallel
-# loops only add a bias or sum a column, and from 32K elements on, where OpenBLAS starts
-# its own threads, the spinning OpenMP workers slowed the GEMMs 5-200x; below that the
-# parallel build was 0.5-0.95x. On 2 cores the parallel build never won, so it is not used
-# (``force_path("parallel")`` still runs it; tests do).
+# GEMM kernels (affine, the fused train step) count multiply-adds instead (N * K * M of
+# their largest product; ``blas.plan``): each thread runs its block on a private
+# single-threaded BLAS. Measured 2026-12-01 (idle, 2 cores): both blocks at once win from
+# about 128K multiply-adds (784x50 layer: batch 4; 50x10 layer: batch 256), 1.7-2x above.
+GEMM_WORK = 1 << 17
 NEVER = math.inf
 CROSSOVER = {
-    "affine_forward": NEVER,
-    "affine_backward": NEVER,
+    "affine_forward": GEMM_WORK,
+    "affine_backward": GEMM_WORK,
     "relu_forward": 1 << 16,
     "relu_backward": 1 << 16,
     "sigmoid_forward": 1 << 15,
@@ -50,9 +50,11 @@ CROSSOVER = {
     "momentum_update": 1 << 14,
     "adagrad_update": 1 << 15,
     "adam_update": 1 << 14,
-    "train_step": NEVER,
+    "train_step": GEMM_WORK,
     # Chapters 6-8 (issue 11): first estimates on the busy 2-core machine, to be measured
-    # with ``fastbp bench --crossover``; the convolution's GEMMs run serial (no twin).
+    # with ``fastbp bench --crossover``; the convolutions in multiply-adds, as the GEMMs.
+    "conv_forward": GEMM_WORK,
+    "conv_backward": GEMM_WORK,
     "im2col": 1 << 16,
     "col2im": 1 << 16,
     "maxpool_forward": 1 << 15,

@@ -5,8 +5,9 @@ reproduces the book's masks exactly; the kernels fuse the comparison and the pro
 (``x * mask`` as in NumPy: a dropped NaN or inf gives NaN).
 """
 
-from fastbp.kernels.dispatch import twin
 from numba import prange
+
+from fastbp.kernels.dispatch import twin
 
 
 @twin

@@ -7,8 +7,9 @@ term in, so float32 parameters are updated in float32 arithmetic like the book's
 """
 
 import numpy as np
-from fastbp.kernels.dispatch import twin
 from numba import prange
+
+from fastbp.kernels.dispatch import twin
 
 
 @twin

@@ -11,8 +11,9 @@ branchy loop was measured 8x slower); a window holding NaN is redone by ``_first
 ``maxpool2x2_forward`` is the unrolled form of the book's 2x2 windows without padding.
 """
 
-from fastbp.kernels.dispatch import FASTMATH, twin
 from numba import njit, prange
+
+from fastbp.kernels.dispatch import FASTMATH, twin
 
 OPTIONS = {"cache": True, "nogil": True, "fastmath": FASTMATH, "error_model": "numpy"}
 

@@ -3,8 +3,9 @@
 The comparison is the book's ``x <= 0``: NaN is not masked and passes through, -0.0 is.
 """
 
-from fastbp.kernels.dispatch import twin
 from numba import prange
+
+from fastbp.kernels.dispatch import twin
 
 
 @twin

@@ -4,9 +4,10 @@ Both loops are branch-free and call only ``fast_exp``, so LLVM vectorises them; 
 data is computed in float32.
 """
 
+from numba import prange
+
 from fastbp.kernels.dispatch import twin
 from fastbp.kernels.fastexp import fast_exp, typed
-from numba import prange
 
 
 @twin

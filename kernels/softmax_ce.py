@@ -7,9 +7,11 @@ The index form never builds a one-hot matrix. The loss follows the book's
 """
 
 import numpy as np
+from numba import njit, prange
+from numba.extending import register_jitable
+
 from fastbp.kernels.dispatch import FASTMATH, twin
 from fastbp.kernels.fastexp import fast_exp, typed
-from numba import njit, prange
 
 # The book's guard against log(0) in cross_entropy_error.
 LOG_EPS = 1e-7
@@ -23,22 +25,44 @@ def label_of(t, i):
     return np.argmax(t[i])
 
 
+@register_jitable(fastmath={"contract"})  # no reassoc: its additions keep their order
+def row_sum(y, i):
+    """Sum of y[i, :] in one fixed order: four interleaved partial sums, then the tail.
+
+    The order is written out because a ``reassoc`` sum is not deterministic: LLVM may
+    vectorise it differently in each compilation, and the parallel build loaded from
+    Numba's cache (linked and optimised again on load) differed from the one compiled in
+    the process by an ulp in ~15% of the softmax outputs (C >= 37). Independent partial
+    sums still run four additions at a time.
+    """
+    c = y.shape[1]
+    s0 = s1 = s2 = s3 = typed(0, y)
+    end = c - c % 4
+    for j in range(0, end, 4):
+        s0 += y[i, j]
+        s1 += y[i, j + 1]
+        s2 += y[i, j + 2]
+        s3 += y[i, j + 3]
+    total = (s0 + s1) + (s2 + s3)
+    for j in range(end, c):
+        total += y[i, j]
+    return total
+
+
 @njit(inline="always", cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
 def softmax_row(x, i, y):
     """y[i, :] = softmax(x[i, :]) in x's dtype, max subtracted first (y may be x itself).
 
-    Three vectorisable passes (max, exp and sum, scale). Shared with kernels/train_step.py.
+    Four passes (max, exp, ``row_sum``, scale); the same bits in every build, compiled or
+    loaded from the cache. Shared with kernels/train_step.py.
     """
     c = x.shape[1]
     row_max = x[i, 0]
     for j in range(1, c):
         row_max = max(row_max, x[i, j])
-    row_sum = typed(0, row_max)
     for j in range(c):
-        e = fast_exp(x[i, j] - row_max)
-        y[i, j] = e
-        row_sum += e
-    scale = typed(1, row_sum) / row_sum
+        y[i, j] = fast_exp(x[i, j] - row_max)
+    scale = typed(1, row_max) / row_sum(y, i)
     for j in range(c):
         y[i, j] *= scale
 

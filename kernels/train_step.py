@@ -3,36 +3,39 @@
 One compiled call computes the loss and every gradient of ``x[N, K] -> W1[K, H], b1[H]
 -> ReLU -> W2[H, C], b2[C] -> softmax -> cross-entropy`` into buffers the caller owns, and
 optionally applies the SGD update ``p -= lr * dp`` to the params in place. Nothing is
-allocated per call. The GEMMs are BLAS calls outside any parallel loop; everything else is
-one pass per stage:
+allocated per call. The work is split in ``P`` blocks (``P = dW2p.shape[0]``, one per
+thread in the parallel build, 1 in the serial one) over two parallel loops, each block
+calling the BLAS on its own rows (single-threaded BLAS in the parallel build, see
+``kernels/threads.py``):
 
-    z1 = x @ W1               dense: BLAS; sparse: per row, W1 rows at its nonzeros summed
-    z1 = max(z1 + b1, 0)      in place
-    dy = z1 @ W2              BLAS, then per row: + b2, softmax, loss term, (y - t) / N
-    dW2 = z1.T @ dy, dz1 = dy @ W2.T, db2 = dy summed over rows
-    dz1 *= (z1 > 0)           fused with the db1 column sum
-    dW1 = x.T @ dz1           dense: BLAS; sparse: per column k of x, dz1 rows at its
-                              nonzeros summed (0 for an all-zero column)
+    block p of the batch rows:          (cast x rows to the weights' dtype into xw)
+      z1 = x @ W1                       dense: BLAS; sparse: per row, W1 rows at its
+                                        nonzeros summed
+      z1 = max(z1 + b1, 0)              in place
+      y = softmax(z1 @ W2 + b2)         BLAS, then per row; the loss terms summed
+      dy = (y - onehot(t)) / N
+      dW2p[p] = z1.T @ dy               this block's share of dW2 (summed after)
+      dz1 = dy @ W2.T, masked by z1 > 0; db1p[p], db2p[p]: its column sums
+    block p of the K rows of dW1:
+      dW1 = x.T @ dz1                   dense: BLAS on xw's columns (no reduction);
+                                        sparse: per column of x, dz1 rows at its nonzeros
 
 There is no dx for the first layer. The sparse first layer is taken when x has at most
-``max_nnz`` nonzeros (the caller sets it from ``SPARSE_DENSITY``). It stores x's nonzeros
-by row (CSR) and by column (CSC): ``nz`` (int32) holds N + 1 row offsets, K + 1 column
-offsets, the column of each nonzero (N + max_nnz: one spare slot per row) and the row of
-each (max_nnz); the values are read from x. ``xw`` is x in the weights' dtype: pass x
-itself when the dtypes agree, else a buffer of x's shape that the dense path fills. All
+``max_nnz`` nonzeros (negative: never, and nonzeros are not counted). It stores x's
+nonzeros by row (CSR) and by column (CSC): ``nz`` (int64) holds N + 1 row offsets, K + 1
+column offsets, the column of each nonzero (N + max_nnz: one spare slot per row) and the
+row of each (max_nnz); the values are read from x. ``xw`` is x in the weights' dtype: pass
+x itself when the dtypes agree, else a buffer of x's shape that the dense path fills. All
 arrays are C-contiguous; the labels t[N] are class indices (intp) in [0, C), validated by
 ``fastbp.fused``.
 """
 
 import numpy as np
-from fastbp.kernels.blas import gemm
-from fastbp.kernels.dispatch import FASTMATH, twin
-from fastbp.kernels.softmax_ce import LOG_EPS, softmax_row
 from numba import njit, prange
 
-# Hidden columns per parallel task of the ReLU backward's db1 column sums (at most; split
-# further to use every thread when H is small). A multiple of the widest vector.
-COLUMN_BLOCK = 64
+from fastbp.kernels.blas import block_of, gemm
+from fastbp.kernels.dispatch import FASTMATH, twin
+from fastbp.kernels.softmax_ce import LOG_EPS, softmax_row
 
 jit = njit(inline="always", cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
 
@@ -77,7 +80,8 @@ def combine_rows(A, x, r, by_row, idx, lo, hi, out):
 
     Four terms per pass over the row, so out[r] is loaded and stored a quarter as often.
     """
-    out[r, :] = 0
+    for j in range(out.shape[1]):
+        out[r, j] = 0
     p = lo
     while p <= hi - 4:
         a, b, c, d = idx[p], idx[p + 1], idx[p + 2], idx[p + 3]
@@ -99,7 +103,8 @@ def combine_rows(A, x, r, by_row, idx, lo, hi, out):
 def transpose_nonzeros(rowptr, cols, colptr, rows):
     """CSC (colptr, rows) of the recorded CSR nonzeros (row i's at rowptr[i] + i)."""
     n = rowptr.size - 1
-    colptr[:] = 0
+    for c in range(colptr.size):
+        colptr[c] = 0
     for i in range(n):
         for p in range(rowptr[i] + i, rowptr[i + 1] + i):
             colptr[cols[p] + 1] += 1
@@ -115,115 +120,128 @@ def transpose_nonzeros(rowptr, cols, colptr, rows):
     colptr[0] = 0
 
 
-def column_block(h, threads):
-    """Columns per task of the column-blocked loops: every one of ``threads`` busy, at most
-    COLUMN_BLOCK, a multiple of 8."""
-    per_thread = -(-h // threads)
-    return min(COLUMN_BLOCK, -(-per_thread // 8) * 8)
-
-
-@twin
-def train_step(
-    x,
-    xw,
-    cast,
-    t,
-    W1,
-    b1,
-    W2,
-    b2,
-    lr,
-    update,
-    max_nnz,
-    block,
-    nz,
-    z1,
-    dy,
-    dz1,
-    dW1,
-    db1,
-    dW2,
-    db2,
-):
-    """Loss of the batch; gradients into dW1, db1, dW2, db2 (and params -= lr * grads if
-    ``update``; then the sparse path skips the dW1 rows of all-zero columns of x, as the
-    update does). z1[N, H], dy[N, C], dz1[N, H] are work buffers (z1 ends as the hidden
-    activations, dy as dLoss/dlogits)."""
+@jit
+def first_layer(x, xw, cast, W1, b1, sparse, nz, z1, lo, hi, own):
+    """z1[lo:hi] = max(x[lo:hi] @ W1 + b1, 0) (sparse: from the CSR nonzeros it records)."""
     n, k = x.shape
-    h = W1.shape[1]
-    c = W2.shape[1]
-    cap = max(max_nnz, 0)
-    rowptr, colptr = nz[: n + 1], nz[n + 1 : n + k + 2]
-    cols, rows = nz[n + k + 2 : n + k + 2 + n + cap], nz[n + k + 2 + n + cap :]
-    # -- first layer: sparse when x has few nonzeros ---------------------------------
-    for i in prange(n):
-        rowptr[i + 1] = count_row(x, i)
-    rowptr[0] = 0
-    for i in range(n):
-        rowptr[i + 1] += rowptr[i]
-    sparse = rowptr[n] <= max_nnz
+    rowptr, cols = nz[: n + 1], nz[n + k + 2 :]
     if sparse:
-        for i in prange(n):
+        for i in range(lo, hi):
             start = rowptr[i] + i
             end = record_row(x, i, cols, start)
             combine_rows(W1, x, i, True, cols, start, end, z1)
     else:
         if cast:
-            for i in prange(n):
+            for i in range(lo, hi):
                 for j in range(k):
                     xw[i, j] = x[i, j]
-        gemm(xw, W1, z1, False, False)
-    for i in prange(n):
-        for j in range(h):
+        gemm(xw[lo:hi], W1, z1[lo:hi], False, False, own)
+    for i in range(lo, hi):
+        for j in range(z1.shape[1]):
             v = z1[i, j] + b1[j]
             z1[i, j] = 0 if v <= 0 else v
-    # -- second layer, softmax, cross-entropy ----------------------------------------
-    gemm(z1, W2, dy, False, False)
-    scale = 1.0 / n
+
+
+@jit
+def output_layer(t, W2, b2, z1, y, dy, dz1, dW2p, db1p, db2p, lo, hi, scale, own, backward):
+    """Rows lo:hi of softmax y (and if ``backward``: of dy and masked dz1, and their
+    shares of dW2, db1, db2 into dW2p, db1p, db2p); returns their summed loss terms."""
+    h, c = W2.shape
+    gemm(z1[lo:hi], W2, y[lo:hi], False, False, own)
     loss = 0.0
-    for i in prange(n):
+    for i in range(lo, hi):
         for j in range(c):
-            dy[i, j] += b2[j]
-        softmax_row(dy, i, dy)
+            y[i, j] += b2[j]
+        softmax_row(y, i, y)
         label = t[i]
-        loss += -np.log(dy[i, label] + LOG_EPS)
+        loss += -np.log(y[i, label] + LOG_EPS)
         for j in range(c):
-            dy[i, j] *= scale
+            dy[i, j] = y[i, j] * scale
         dy[i, label] -= scale
-    db2[:] = 0
-    for i in range(n):
+    if not backward:
+        return loss
+    gemm(z1[lo:hi], dy[lo:hi], dW2p, True, False, own)
+    gemm(dy[lo:hi], W2, dz1[lo:hi], False, True, own)
+    for j in range(h):
+        db1p[j] = 0
+    for j in range(c):
+        db2p[j] = 0
+    for i in range(lo, hi):
         for j in range(c):
-            db2[j] += dy[i, j]
-    gemm(z1, dy, dW2, True, False)
-    gemm(dy, W2, dz1, False, True)
-    # -- back through the ReLU: mask and db1 column sums, one task per column block ----
-    for b in prange((h + block - 1) // block):
-        lo = b * block
-        hi = min(lo + block, h)
-        db1[lo:hi] = 0
+            db2p[j] += dy[i, j]
+        for j in range(h):
+            g = 0 if z1[i, j] <= 0 else dz1[i, j]
+            dz1[i, j] = g
+            db1p[j] += g
+    return loss
+
+
+@twin
+def train_step(
+    x, xw, cast, t, W1, b1, W2, b2, lr, update, max_nnz, nz,
+    z1, y, dy, dz1, dW1, db1, dW2, db2, dW2p, db1p, db2p, lossp, own, backward,
+):  # fmt: skip
+    """Loss of the batch (only that, and z1, y, dy, unless ``backward``); gradients into
+    dW1, db1, dW2, db2 (and params -= lr * grads if
+    ``update``; then the sparse path skips the dW1 rows of all-zero columns of x, as the
+    update does). z1[N, H], y[N, C], dy[N, C], dz1[N, H] end as the hidden activations,
+    the softmax output, dLoss/dlogits and dLoss/dz1; dW2p[P, H, C], db1p[P, H],
+    db2p[P, C], lossp[P] are the blocks' partial sums. ``own``: the GEMMs on the private
+    single-threaded BLAS (``blas.plan``)."""
+    n, k = x.shape
+    blocks = dW2p.shape[0]
+    rowptr, colptr = nz[: n + 1], nz[n + 1 : n + k + 2]
+    cap = max(max_nnz, 0)
+    cols, rows = nz[n + k + 2 : n + k + 2 + n + cap], nz[n + k + 2 + n + cap :]
+    sparse = False
+    if max_nnz >= 0:
+        for i in prange(n):
+            rowptr[i + 1] = count_row(x, i)
+        rowptr[0] = 0
         for i in range(n):
-            for j in range(lo, hi):
-                g = 0 if z1[i, j] <= 0 else dz1[i, j]
-                dz1[i, j] = g
-                db1[j] += g
-    # -- first-layer weight gradient (and update) ------------------------------------
+            rowptr[i + 1] += rowptr[i]
+        sparse = rowptr[n] <= max_nnz
+    scale = 1.0 / n
+    for p in prange(blocks):
+        lo, hi = block_of(p, blocks, n)
+        first_layer(x, xw, cast, W1, b1, sparse, nz, z1, lo, hi, own)
+        lossp[p] = output_layer(
+            t, W2, b2, z1, y, dy, dz1, dW2p[p], db1p[p], db2p[p], lo, hi, scale, own, backward
+        )
+    if not backward:
+        loss = 0.0
+        for p in range(blocks):
+            loss += lossp[p]
+        return loss / n
     if sparse:
         transpose_nonzeros(rowptr, cols, colptr, rows)
-        for r in prange(k):
-            # An all-zero column r of x has dW1[r] = 0: the update leaves W1[r] (and dW1[r]).
-            if not update or colptr[r + 1] > colptr[r]:
-                combine_rows(dz1, x, r, False, rows, colptr[r], colptr[r + 1], dW1)
+    for p in prange(blocks):
+        lo, hi = block_of(p, blocks, k)
+        if sparse:
+            for r in range(lo, hi):
+                # An all-zero column r of x has dW1[r] = 0: the update leaves W1[r], dW1[r].
+                if not update or colptr[r + 1] > colptr[r]:
+                    combine_rows(dz1, x, r, False, rows, colptr[r], colptr[r + 1], dW1)
+        else:
+            gemm(xw[:, lo:hi], dz1, dW1[lo:hi], True, False, own)
         if update:
-            for r in prange(k):
-                if colptr[r + 1] > colptr[r]:
-                    for j in range(h):
+            for r in range(lo, hi):
+                if not sparse or colptr[r + 1] > colptr[r]:
+                    for j in range(W1.shape[1]):
                         W1[r, j] -= lr * dW1[r, j]
-    else:
-        gemm(xw, dz1, dW1, True, False)
-        if update:
-            for r in prange(k):
-                for j in range(h):
-                    W1[r, j] -= lr * dW1[r, j]
+    # Summed block by block in a fixed order (loops, not array expressions: in the
+    # parallel build each of those would be a parallel region of its own).
+    h, c = W2.shape
+    loss = 0.0
+    for p in range(blocks):
+        first = p == 0
+        for r in range(h):
+            for j in range(c):
+                dW2[r, j] = (0 if first else dW2[r, j]) + dW2p[p, r, j]
+            db1[r] = (0 if first else db1[r]) + db1p[p, r]
+        for j in range(c):
+            db2[j] = (0 if first else db2[j]) + db2p[p, j]
+        loss += lossp[p]
     if update:
         for r in range(h):
             for j in range(c):

@@ -14,10 +14,10 @@ import threading
 
 import numba
 import numpy as np
-from fastbp.kernels import CROSSOVER, dispatch, force_path, relu_forward
-from fastbp.kernels.dispatch import NEVER
 
 from fastbp import layers
+from fastbp.kernels import CROSSOVER, dispatch, force_path, relu_forward
+from fastbp.kernels.dispatch import NEVER
 
 COLS = 256
 # Enough rows that every kernel's first argument is above its crossover: the default

@@ -16,10 +16,16 @@ import pytest
 from hypothesis import settings
 
 from fastbp import kernels, layers
+from fastbp.lazy import LazyKernel
 
-# The kernels behind fastbp.layers (issue 3): every serial/parallel twin it calls.
+# The kernels behind fastbp.layers (issue 3): every serial/parallel twin it calls (bound
+# there to a stand-in until first used).
 CORE_KERNELS = tuple(
-    sorted(name for name, obj in vars(layers).items() if isinstance(obj, kernels.dispatch.Twin))
+    sorted(
+        name
+        for name, obj in vars(layers).items()
+        if isinstance(obj, (kernels.dispatch.Twin, LazyKernel))
+    )
 )
 FLOATS = (np.float32, np.float64)
 INDEX_DTYPES = (np.int64, np.int32, np.uint8)

@@ -2,11 +2,13 @@
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fastbp import bench, benchcases
+from fastbp import bench, benchcases, cli, report
 
 
 def run_bench(tmp_path, *argv):
@@ -19,9 +21,9 @@ def run_bench(tmp_path, *argv):
 
 
 def test_quick_json_rows_have_medians_and_ratios(tmp_path, capsys):
-    result = run_bench(tmp_path)
+    result = run_bench(tmp_path, "--section", "kernels,layers,train")
     rows = result["rows"]
-    assert {row["section"] for row in rows} == {"kernel", "layer", "train"}
+    assert {row["section"] for row in rows} == {"kernels", "layers", "train"}
     for row in rows:
         assert row["fastbp"] > 0 and row["reference"] > 0
         assert row["speedup"] == pytest.approx(row["reference"] / row["fastbp"])
@@ -43,7 +45,7 @@ def test_quick_json_rows_have_medians_and_ratios(tmp_path, capsys):
 
 
 def test_filter_selects_rows(tmp_path):
-    rows = run_bench(tmp_path, "--filter", "Relu.backward")["rows"]
+    rows = run_bench(tmp_path, "--section", "layers", "--filter", "Relu.backward")["rows"]
     assert [(row["case"], row["dtype"]) for row in rows] == [
         ("Relu.backward 100x50", "float32"),
         ("Relu.backward 100x50", "float64"),
@@ -51,7 +53,7 @@ def test_filter_selects_rows(tmp_path):
 
 
 def test_crossover_json(tmp_path, capsys):
-    rows = run_bench(tmp_path, "--crossover", "--filter", "relu_backward")["crossover"]
+    rows = run_bench(tmp_path, "--section", "crossover", "--filter", "relu_backward")["crossover"]
     assert [(row["kernel"], row["dtype"]) for row in rows] == [
         ("relu_backward", "float32"),
         ("relu_backward", "float64"),
@@ -77,7 +79,7 @@ def test_measured_crossover_is_where_parallel_wins_from_then_on():
 
 
 def test_table_is_fixed_width():
-    lines = bench.table(["case", "time"], [["a", "1 us"], ["longer", "22.5 ms"]]).splitlines()
+    lines = report.text_table(["case", "time"], [["a", "1 us"], ["longer", "22.5 ms"]]).splitlines()
     assert lines[0] == "case       time"
     assert lines[2] == "a          1 us"
     assert lines[3] == "longer  22.5 ms"
@@ -89,7 +91,7 @@ def test_layer_cases_do_the_same_work(family, dtype):
     shape = (3, 7, 5) if family == "Affine" else (4, 6)
     results = {}
     for impl in benchcases.IMPLS:
-        forward, backward = benchcases.layer_pair(family, impl, shape, dtype)
+        forward, backward = benchcases.layer_case(family, impl, shape, dtype)
         results[impl] = forward(), backward()
     tol = 1e-5 if dtype == "float32" else 1e-12
     for got, want in zip(results["fastbp"], results["reference"], strict=True):
@@ -101,22 +103,24 @@ def test_layer_cases_do_the_same_work(family, dtype):
 def test_kernel_cases_run(family):
     shape = (3, 7, 5) if family == "affine" else (4, 6)
     for impl in benchcases.IMPLS:
-        for fn in benchcases.kernel_pair(family, impl, shape, "float64"):
+        for fn in benchcases.kernel_case(family, impl, shape, "float64"):
             fn()
 
 
-@pytest.mark.parametrize("impl", benchcases.TRAIN_IMPLS)
+@pytest.mark.parametrize("impl", benchcases.STEP_BUILDERS)
 def test_train_step_builds_and_runs(impl):
-    benchcases.train_step(impl, 5, 3, "float32")()
+    benchcases.train_step_case(impl, 5, 3, "float32")()
 
 
 def test_unknown_combinations_skip():
     with pytest.raises(NotImplementedError):
-        benchcases.kernel_pair("relu", "fastbp", (2, 3, 4), "float64")
+        benchcases.kernel_case("relu", "fastbp", (2, 3, 4), "float64")
     with pytest.raises(NotImplementedError):
-        benchcases.layer_pair("Relu", "torch", (2, 3), "float64")
+        benchcases.layer_case("Relu", "torch", (2, 3), "float64")
     with pytest.raises(NotImplementedError):
-        benchcases.train_step("fastbp", 5, 2, "float16")
+        benchcases.train_step_case("fastbp", 5, 2, "float16")
+    with pytest.raises(NotImplementedError):
+        benchcases.train_step_case("caffe", 5, 2, "float64")
 
 
 @pytest.mark.parametrize("dtype", benchcases.DTYPES)
@@ -146,19 +150,150 @@ def test_mnist_batch_keeps_the_books_dtypes():
 @pytest.mark.parametrize("dtype", benchcases.DTYPES)
 def test_train_step_same_update_for_every_impl(dtype):
     x, t = benchcases.train_batch(8, dtype)
-    nets = {impl: benchcases.two_layer_net(impl, 6, dtype) for impl in benchcases.IMPLS}
-    start = nets["fastbp"].params["W2"].copy()
-    np.testing.assert_array_equal(start, nets["reference"].params["W2"])
-    fused = {key: value.copy() for key, value in nets["fastbp"].params.items()}
-    benchcases.fused_step(fused, x, t)()
-    by_layers = {key: value.copy() for key, value in nets["fastbp"].params.items()}
-    benchcases.layers_step(by_layers, x, t)()
-    for net in nets.values():
-        benchcases.sgd_step(net, x, t)()
+    start = benchcases.two_layer_params(6, dtype)
+    params = {}
+    for name, make_step in benchcases.STEP_BUILDERS.items():
+        params[name] = {key: value.copy() for key, value in start.items()}
+        make_step(params[name], x, t)()
     tol = 1e-5 if dtype == "float32" else 1e-12
     for key in benchcases.PARAM_KEYS:
-        ref = nets["reference"].params[key]
-        for got in (nets["fastbp"].params[key], fused[key], by_layers[key]):
-            assert got.dtype == ref.dtype == np.dtype(dtype)
-            np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
-    assert not np.array_equal(nets["fastbp"].params["W2"], start)
+        ref = params["reference"][key]
+        for name in benchcases.STEP_BUILDERS:
+            assert params[name][key].dtype == ref.dtype == np.dtype(dtype)
+            np.testing.assert_allclose(params[name][key], ref, rtol=tol, atol=tol)
+    assert not np.array_equal(params["reference"]["W2"], start["W2"])
+
+
+@pytest.mark.parametrize("name", [*benchcases.CORE_KERNELS, *benchcases.UPDATE_ARGS])
+def test_crossover_ladder_runs_every_kernel_on_both_paths(name):
+    for fn in bench.ladder_pair(name, 2048, "float32"):
+        fn()
+
+
+def test_asv_calls_per_sample_is_a_power_of_ten_in_range():
+    assert benchcases.calls_per_sample((1, 50)) == 1000
+    assert benchcases.calls_per_sample((100, 50)) == 100
+    assert benchcases.calls_per_sample((1000, 1000, 1000)) == 1
+
+
+def test_user_loop_variants_start_from_the_books_weights_and_agree():
+    """One iteration of the book's ch05 loop per variant, on the same batch: the same
+    update to rounding (float32 images, float64 weights and one-hot labels)."""
+    nets = {v: benchcases.user_loop_net(v) for v in benchcases.USER_LOOP_VARIANTS}
+    for network in nets.values():
+        assert network.params["W1"].dtype == np.float64
+        np.testing.assert_array_equal(network.params["W1"], nets["book"].params["W1"])
+    params = {}
+    for variant, network in nets.items():
+        phases, accuracy = benchcases.user_loop(network)
+        assert list(phases) == list(benchcases.USER_LOOP_PHASES)
+        np.random.seed(5)  # noqa: NPY002 (the loop draws batches like the book)
+        for phase in phases.values():
+            phase()
+        train_acc, test_acc = accuracy()
+        assert 0 <= train_acc <= 1 and 0 <= test_acc <= 1
+        params[variant] = network.params
+    assert type(nets["book+layers"].layers["Affine1"]).__module__ == "fastbp.layers"
+    assert type(nets["book+layers"].lastLayer).__module__ == "fastbp.layers"
+    for variant in benchcases.USER_LOOP_VARIANTS[1:]:
+        for key in benchcases.PARAM_KEYS:
+            np.testing.assert_allclose(params[variant][key], params["book"][key], atol=1e-12)
+    assert benchcases.iterations_per_epoch() == 80  # 8,000 embedded training images
+
+
+def test_user_loop_section_rows(tmp_path, capsys):
+    rows = run_bench(tmp_path, "--section", "userloop")["rows"]
+    variants = list(benchcases.USER_LOOP_VARIANTS)
+    assert [row["case"] for row in rows] == ["book-alone", *variants]
+    book = rows[1]
+    for row in rows:
+        phases = sum(row[name] for name in benchcases.USER_LOOP_PHASES)
+        assert row["iteration"] > 0 and phases > 0 and row["accuracy"] > 0
+        per_epoch = row["iterations_per_epoch"]
+        assert row["per_iteration"] == pytest.approx(row["iteration"] + row["accuracy"] / per_epoch)
+        assert row["speedup"] == pytest.approx(book["per_iteration"] / row["per_iteration"])
+    for row in rows[1:]:
+        assert row["iterations"] == bench.QUICK.loop_rounds * bench.QUICK.loop_block
+    out = capsys.readouterr().out
+    assert "book / nets" in out and "before fastbp ran" in out
+
+
+def test_peers_section_has_the_book_and_fastbp_columns(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "available_peers", list)  # whatever is installed
+    rows = run_bench(tmp_path, "--section", "peers")["rows"]
+    assert [row["case"] for row in rows][-1].startswith("user-loop gradient")
+    assert rows[0]["columns"] == ["book", "fused"] and rows[0]["baseline"] == "book"
+    assert rows[-1]["columns"] == list(benchcases.USER_LOOP_VARIANTS)
+    assert rows[-1]["nets_speedup"] == pytest.approx(rows[-1]["book"] / rows[-1]["nets"])
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")  # torch's own
+@pytest.mark.parametrize("peer", benchcases.PEER_STEPS)
+def test_peer_steps_match_the_book_when_installed(peer):
+    pytest.importorskip(benchcases.PEER_MODULES[peer])
+    x, t = benchcases.train_batch(8, "float64")
+    start = benchcases.two_layer_params(6, "float64")
+    book = {key: value.copy() for key, value in start.items()}
+    benchcases.reference_step(book, x, t)()
+    grads = benchcases.PEER_GRADIENTS[peer](start)(x, t)
+    expected = benchcases.net_on(benchcases.reference.TwoLayerNet, start).gradient(x, t)
+    for key in benchcases.PARAM_KEYS:
+        np.testing.assert_allclose(np.asarray(grads[key]), expected[key], atol=1e-12)
+    benchcases.PEER_STEPS[peer](start, x, t)()  # runs
+
+
+def test_unknown_section_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit):
+        bench.configure_parser(argparse.ArgumentParser()).parse_args(["--section", "gpu"])
+    assert "unknown section gpu" in capsys.readouterr().err
+    assert bench.section_list("all") == bench.SECTIONS
+
+
+def test_version_and_bench_help(capsys):
+    from fastbp import __version__
+
+    with pytest.raises(SystemExit):
+        cli.main(["--version"])
+    assert capsys.readouterr().out.strip() == f"fastbp {__version__}"
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--help"])
+    out = capsys.readouterr().out
+    assert "Time fastbp against the book's NumPy code" in out and "--section" in out
+
+
+BOOK = Path(__file__).resolve().parent.parent.parent / "shared" / "book"
+
+
+@pytest.mark.skipif(not BOOK.is_dir(), reason="the book's code is not in ../shared/book")
+def test_the_user_loops_book_variant_is_the_books_code(monkeypatch):
+    """fastbp.reference.TwoLayerNet (the user loop's "book") against the book's own
+    ch05/two_layer_net.py on common/layers.py: the same layers, bit for bit the same
+    loop (gradient, update, loss, accuracy)."""
+    for name in ("common", "common.layers", "common.functions", "two_layer_net"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.syspath_prepend(str(BOOK / "ch05"))
+    monkeypatch.syspath_prepend(str(BOOK))
+    from two_layer_net import TwoLayerNet as BookNet
+
+    nets = {}
+    for name, cls in (("book", BookNet), ("ours", benchcases.reference.TwoLayerNet)):
+        np.random.seed(0)  # noqa: NPY002 (the book's nets draw from the global state)
+        nets[name] = cls(input_size=784, hidden_size=50, output_size=10)
+    layer_classes = {
+        name: [type(layer).__name__ for layer in (*net.layers.values(), net.lastLayer)]
+        for name, net in nets.items()
+    }
+    assert layer_classes["ours"] == layer_classes["book"]
+    assert list(nets["ours"].layers) == list(nets["book"].layers)
+    results = {}
+    for name, network in nets.items():
+        phases, accuracy = benchcases.user_loop(network)
+        np.random.seed(1)  # noqa: NPY002
+        for _ in range(3):
+            for phase in phases.values():
+                phase()
+        results[name] = (network.loss(*benchcases.mnist_batch(50)), accuracy(), network.params)
+    (loss, acc, params), (book_loss, book_acc, book_params) = results["ours"], results["book"]
+    assert loss == book_loss and acc == book_acc
+    for key in benchcases.PARAM_KEYS:
+        np.testing.assert_array_equal(params[key], book_params[key])

@@ -17,8 +17,9 @@ import llvmlite.binding as ll
 import numpy as np
 import pytest
 import threadpoolctl
-from fastbp.kernels import blas
 from numba import njit, types
+
+from fastbp.kernels import blas
 
 TRANSPOSES = [(False, False), (False, True), (True, False), (True, True)]
 # (M, N, K): a row, odd sizes, an empty inner dimension (the product is zeros).
@@ -53,30 +54,65 @@ def test_numpy_openblas64_is_bound():
         pytest.skip(f"NumPy's BLAS is {config['name']}, not ILP64 OpenBLAS")
     assert blas.NUMPY_BLAS
     paths = [lib["filepath"] for lib in threadpoolctl.threadpool_info()]
-    library = ctypes.CDLL(next(path for path in paths if "openblas64" in path))
+    library = ctypes.CDLL(next(path for path in paths if "numpy" in path and "openblas" in path))
     for prefix in "ds":
         name = next(n for n in blas.NUMPY_NAMES if hasattr(library, n.format(prefix)))
         expected = ctypes.cast(getattr(library, name.format(prefix)), ctypes.c_void_p).value
         assert ll.address_of_symbol(blas.SYMBOL.format(prefix)) == expected
 
 
+def test_private_single_threaded_openblas_is_bound():
+    """The own-thread GEMMs run on a second OpenBLAS instance with one thread, so Numba's
+    threads never share a BLAS thread pool (and NumPy's setting is left alone)."""
+    assert blas.PARALLEL_BLAS
+    private = [
+        lib
+        for lib in threadpoolctl.threadpool_info()
+        if "/scipy_openblas64/lib/" in lib["filepath"]
+    ]
+    assert [lib["num_threads"] for lib in private] == [1]
+
+
+@njit
+def compiled_own_gemm(a, b, out, trans_a, trans_b):
+    blas.gemm(a, b, out, trans_a, trans_b, True)
+
+
+@pytest.mark.parametrize("own_thread", [False, True])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize(("trans_a", "trans_b"), TRANSPOSES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_gemm_matches_numpy(rng, dtype, trans_a, trans_b, shape):
+def test_gemm_matches_numpy(rng, dtype, trans_a, trans_b, shape, own_thread):
     a, b, expected = operands(rng, dtype, shape, trans_a, trans_b)
     before = a.copy(), b.copy()
     out = np.full(expected.shape, np.nan, dtype)
-    compiled_gemm(a, b, out, trans_a, trans_b)
+    (compiled_own_gemm if own_thread else compiled_gemm)(a, b, out, trans_a, trans_b)
     assert_product(out, a, b, trans_a, trans_b, expected)
     np.testing.assert_array_equal(a, before[0])
     np.testing.assert_array_equal(b, before[1])
 
 
-def test_gemm_rejects_non_contiguous_arrays():
+def test_gemm_rejects_fortran_ordered_arrays():
     a = np.ones((4, 4))
-    with pytest.raises(Exception, match="C-contiguous"):
+    with pytest.raises(Exception, match="unit stride"):
         compiled_gemm(a.T, a, np.empty((4, 4)), False, False)
+
+
+@njit
+def compiled_block_gemm(a, b, out, lo, hi, trans_a):
+    """out[lo:hi] = op(a[:, lo:hi]) @ b: a block of columns of a (row stride > width)."""
+    blas.gemm(a[:, lo:hi], b, out[lo:hi], trans_a, False)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_on_column_blocks_of_a_wider_array(rng, dtype):
+    """The fused step's dW1 blocks: x[:, lo:hi].T @ dz1 reads x with its full row length."""
+    x = rng.standard_normal((7, 13)).astype(dtype)
+    dz = rng.standard_normal((7, 5)).astype(dtype)
+    out = np.full((13, 5), np.nan, dtype)
+    for lo, hi in ((0, 6), (6, 13), (13, 13)):
+        compiled_block_gemm(x, dz, out, lo, hi, True)
+    assert_product(out, x, dz, True, False, x.T @ dz)
 
 
 @pytest.mark.parametrize(("trans_a", "trans_b"), TRANSPOSES)
@@ -107,8 +143,8 @@ import json, numpy as np
 from fastbp.kernels import affine_backward, affine_forward
 x, W, b, dout = np.ones((3, 4)), np.ones((4, 2)), np.ones(2), np.ones((3, 2))
 out, dx, dW, db = np.empty((3, 2)), np.empty((3, 4)), np.empty((4, 2)), np.empty(2)
-affine_forward.serial(out, x, W, b)
-affine_backward.serial(dout, x, W, dx, dW, db, True)
+affine_forward.serial(out, x, W, b, None, 1, False)
+affine_backward.serial(dout, x, W, dx, dW, db, True, np.empty((1, 2)), False)
 print(json.dumps({
     "misses": sum(len(k.serial.stats.cache_misses) for k in (affine_forward, affine_backward)),
     "out": out.tolist(), "dx": dx.tolist(), "dW": dW.tolist(),

@@ -127,9 +127,10 @@ def test_data_directory(capsys, tmp_path):
     assert (tmp_path / "c.png").exists()
 
 
-def test_missing_data_directory_files_are_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
-        cli.main(["train", "--data", str(tmp_path), "--no-progress"])
+def test_missing_data_directory_files_are_named(capsys, tmp_path):
+    assert cli.main(["train", "--data", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastbp: error: ") and "train-images-idx3-ubyte" in err
 
 
 @pytest.mark.parametrize(
@@ -137,7 +138,7 @@ def test_missing_data_directory_files_are_named(tmp_path):
     [
         (["--layers", "10,x"], "expected positive integers"),
         (["--layers", "10", "--hidden", "5"], "not allowed with argument"),
-        (["--lr", "-1"], "must be > 0"),
+        (["--lr", "-1"], "must be a finite number > 0"),
         (["--optimizer", "rmsprop"], "invalid choice"),
         (["--dtype", "float16"], "invalid choice"),
     ],

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from fastbp.kernels import force_path, relu_forward
 
 WORKER = Path(__file__).with_name("concurrency_worker.py")

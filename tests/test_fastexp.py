@@ -6,8 +6,9 @@ so the measured error is fast_exp's own, not NumPy's float32 exp error.
 
 import numpy as np
 import pytest
-from fastbp.kernels.fastexp import fast_exp, pow2, typed
 from numba import njit
+
+from fastbp.kernels.fastexp import fast_exp, pow2, typed
 
 # Max relative error for normal results (float64: ~1 ulp; float32: ~1.3 ulp).
 REL_TOL = {np.float32: 2.5e-7, np.float64: 3e-16}

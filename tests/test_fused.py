@@ -6,11 +6,11 @@ BLAS and sparse), with batches that have all-zero rows and all-zero columns.
 
 import numpy as np
 import pytest
-from fastbp.kernels import force_path
 from helpers import assert_close, assert_loss_close, normal, rtol_for
 
 from fastbp import reference
 from fastbp.fused import TwoLayerStep
+from fastbp.kernels import force_path
 from fastbp.nets import LayerNet, TwoLayerNet
 from fastbp.optimizers import SGD
 from fastbp.train import gradient_step
@@ -80,6 +80,21 @@ def test_gradient_matches_book(rng, n, k, h, c, x_dtype, w_dtype, one_hot, spars
 
 
 @pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(("x_dtype", "w_dtype"), DTYPES)
+@pytest.mark.parametrize(("n", "k", "h", "c"), SHAPES)
+def test_loss_alone_matches_book_and_leaves_grads(rng, n, k, h, c, x_dtype, w_dtype, path):
+    params = make_params(rng, k, h, c, w_dtype)
+    x, t = sparse_batch(rng, n, k, x_dtype), labels(rng, n, c, False)
+    step = TwoLayerStep.from_params(params)
+    grads = {name: g.copy() for name, g in step.gradient(x[::-1].copy(), t).items()}
+    with force_path(path):
+        loss = step.loss_of(x, t)
+    assert_loss_close(loss, book_gradient(params, x, t)[0], rtol_for(w_dtype))
+    for name, g in step.grads.items():
+        np.testing.assert_array_equal(g, grads[name])
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("sparse", [False, True])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_sgd_step_is_gradient_then_update(rng, dtype, sparse, path):
@@ -129,15 +144,15 @@ def test_buffers_are_reused(rng):
     x = sparse_batch(rng, n, k, np.float32)
     t = labels(rng, n, c, False)
     first = step.gradient(x, t)
-    buffers = [id(b) for b in (step._z1, step._dy, step._dz1, step._nz, step._xw)]
+    buffers = {name: id(b) for name, b in step._work.items()}
     ids = {name: id(g) for name, g in first.items()}
     for batch in (n, n - 4, n):  # same size, smaller, same again
         grads = step.gradient(x[:batch], t[:batch])
         assert {name: id(g) for name, g in grads.items()} == ids
         step.sgd_step(x[:batch], t[:batch], 0.1)
-        assert [id(b) for b in (step._z1, step._dy, step._dz1, step._nz, step._xw)] == buffers
+        assert {name: id(b) for name, b in step._work.items()} == buffers
     step.gradient(np.vstack([x, x]), np.concatenate([t, t]))  # larger: enlarged once
-    assert id(step._z1) not in buffers
+    assert id(step._work["z1"]) != buffers["z1"]
 
 
 def test_fresh_gradients_on_request(rng):
@@ -279,3 +294,31 @@ def test_train_step_runs_a_wrapper_s_own_gradient(rng):
         wrapper, SGD(lr=0.1), sparse_batch(rng, 5, 37, np.float32), labels(rng, 5, 4, False)
     )
     assert wrapper.calls == 1
+
+
+@pytest.mark.parametrize("x_dtype", [np.float32, np.float64])
+def test_fused_net_leaves_the_layers_as_the_book_does(rng, x_dtype):
+    """After the fused loss and gradient, what a script reads from the layers (dW, db, x,
+    mask, y, loss) is this batch's, equal to a layer-by-layer pass, and each layer's
+    backward runs on it (issue: stale attributes after the fused gradient)."""
+    fused, layered = TwoLayerNet(37, 11, 4, rng=3), TwoLayerNet(37, 11, 4, rng=3)
+    x = sparse_batch(rng, 13, 37, x_dtype)
+    t = labels(rng, 13, 4, True)
+    grads = fused.gradient(x, t)
+    LayerNet.gradient(layered, x, t)
+    for name in ("Affine1", "Affine2"):
+        ours, book = fused.layers[name], layered.layers[name]
+        assert ours.dW is grads["W" + name[-1]] and ours.db is grads["b" + name[-1]]
+        for attr in ("dW", "db", "x"):
+            assert_close(getattr(ours, attr), getattr(book, attr), 1e-12)
+    np.testing.assert_array_equal(fused.layers["Relu1"].mask, layered.layers["Relu1"].mask)
+    assert_close(fused.lastLayer.y, layered.lastLayer.y, 1e-12)
+    assert fused.lastLayer.loss == pytest.approx(layered.lastLayer.loss, rel=1e-12)
+    dout = fused.lastLayer.backward(1)
+    for layer in reversed(fused.layers.values()):
+        dout = layer.backward(dout)
+    assert dout.shape == x.shape
+    dW = fused.layers["Affine1"].dW
+    fused.loss(x[:5], t[:5])  # the forward alone moves the forward state, not dW
+    assert fused.layers["Affine1"].x.shape == (5, 37)
+    assert fused.layers["Affine1"].dW is dW

@@ -9,7 +9,6 @@ and one large case per kernel (>= 1M elements, where the parallel build has many
 
 import numpy as np
 import pytest
-from fastbp.kernels.dispatch import NEVER
 from helpers import (
     CORE_KERNELS,
     FLOATS,
@@ -24,6 +23,8 @@ from helpers import (
 
 from fastbp import kernels
 from fastbp import reference as ref
+from fastbp.kernels import affine
+from fastbp.kernels.dispatch import NEVER
 
 # Elementwise kernels: flat sizes (batch 1, 7x13, > 1M).
 FLAT_SIZES = {"batch1": 1, "odd": 7 * 13, "large": (1 << 20) + 7}
@@ -103,23 +104,42 @@ def test_sigmoid(rng, dtype, size):
     assert_close(dx, ref.sigmoid_backward(dout, y), rtol_for(dtype))
 
 
+@pytest.mark.parametrize("blocks", [1, 2, 3])
 @pytest.mark.parametrize("shape", AFFINE_SHAPES.values(), ids=AFFINE_SHAPES.keys())
-def test_affine_forward(rng, dtype, shape):
+def test_affine_forward(rng, dtype, shape, blocks):
     n, k, m = shape
     x, W, b = normal(rng, (n, k), dtype), normal(rng, (k, m), dtype), normal(rng, m, dtype)
     out = np.empty((n, m), dtype)
-    (out,), _ = run_builds(kernels.affine_forward, (out, x, W, b), {0: out})
+    (out,), _ = run_builds(
+        kernels.affine_forward, (out, x, W, b, None, blocks, blocks > 1), {0: out}
+    )
     assert_close(out, ref.affine_forward(x, W, b), rtol_for(dtype))
+
+
+@pytest.mark.parametrize("blocks", [1, 2, 3])
+@pytest.mark.parametrize("shape", [*AFFINE_SHAPES.values(), (300, 9, 4)])
+def test_affine_forward_casts_float32_rows_by_blocks(rng, shape, blocks):
+    """The book's float32 images through float64 weights: cast CAST_ROWS rows at a time
+    into each block's scratch, equal to NumPy's product of the cast x."""
+    n, k, m = shape
+    x = normal(rng, (n, k), np.float32)
+    W, b = normal(rng, (k, m), np.float64), normal(rng, m, np.float64)
+    out, scratch = np.empty((n, m)), np.empty((blocks * affine.CAST_ROWS, k))
+    args = (out, x, W, b, scratch, blocks, blocks > 1)
+    (out, _), _ = run_builds(kernels.affine_forward, args, {0: out, 4: scratch})
+    assert_close(out, ref.affine_forward(x, W, b), rtol_for(np.float64))
 
 
 @pytest.mark.parametrize("need_dx", [True, False], ids=["need_dx", "no_dx"])
 @pytest.mark.parametrize("shape", AFFINE_SHAPES.values(), ids=AFFINE_SHAPES.keys())
-def test_affine_backward(rng, dtype, shape, need_dx):
+@pytest.mark.parametrize("blocks", [1, 2, 3])
+def test_affine_backward(rng, dtype, shape, need_dx, blocks):
     n, k, m = shape
     dout, x, W = normal(rng, (n, m), dtype), normal(rng, (n, k), dtype), normal(rng, (k, m), dtype)
     dx, dW, db = np.empty((n, k), dtype), np.empty((k, m), dtype), np.empty(m, dtype)
-    args = (dout, x, W, dx, dW, db, need_dx)
-    (dx, dW, db), _ = run_builds(kernels.affine_backward, args, {3: dx, 4: dW, 5: db})
+    args = (dout, x, W, dx, dW, db, need_dx, np.empty((blocks, m), dtype), blocks > 1)
+    outputs = {3: dx, 4: dW, 5: db, 7: args[7]}
+    (dx, dW, db, _), _ = run_builds(kernels.affine_backward, args, outputs)
     expected_dx, expected_dW, expected_db = ref.affine_backward(dout, x, W)
     rtol = rtol_for(dtype)
     if need_dx:

@@ -22,10 +22,10 @@ from pathlib import Path
 import numba
 import numpy as np
 import pytest
-from fastbp.kernels import optimizers, train_step
-from fastbp.kernels.dispatch import Twin
 
 from fastbp import kernels
+from fastbp.kernels import optimizers, train_step
+from fastbp.kernels.dispatch import Twin
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBSET = [

@@ -13,10 +13,10 @@ import warnings
 import numba
 import numpy as np
 import pytest
-from fastbp.kernels import force_path
 
 from fastbp import layers
 from fastbp import reference as ref
+from fastbp.kernels import force_path
 
 PATHS = ("serial", "parallel")
 FLOATS = (np.float32, np.float64)

@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
-from fastbp.kernels import force_path
 
 from fastbp import optimizers, reference
 from fastbp.cli import OPTIMIZERS
 from fastbp.data import load_mnist
+from fastbp.kernels import force_path
 from fastbp.nets import TwoLayerNet
 from fastbp.train import blas_threads, train
 
