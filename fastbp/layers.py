@@ -379,6 +379,14 @@ class BatchNormalization:
         return dx.reshape(self._train_shape)
 
 
+def _scratch(previous, shape, dtype):
+    """``previous`` (a layer's private state array from its last forward) if it has this
+    shape and dtype, else a new array: no fresh pages (page faults) on every call."""
+    if previous is not None and previous.shape == shape and previous.dtype == dtype:
+        return previous
+    return np.empty(shape, dtype)
+
+
 class Convolution:
     """out[N, FN, OH, OW] = the convolution (cross-correlation) of x[N, C, H, W] with the
     filters W[FN, C, FH, FW], plus b[FN]; OH = (H + 2*pad - FH) // stride + 1 (OW alike).
@@ -427,7 +435,7 @@ class Convolution:
         Wm = checks.computable(W.reshape(fn, -1), dtype)
         b = checks.computable(b, dtype)
         n = x.shape[0]
-        col = np.empty((n, Wm.shape[1], oh * ow), dtype)
+        col = _scratch(self._col, (n, Wm.shape[1], oh * ow), dtype)
         out = np.empty((n, fn, oh * ow), dtype)
         conv_forward(images, Wm, b, col, out, fh, fw, stride, pad, oh, ow)
         self.x, self.col_W, self._col = x, W.reshape(fn, -1).T, col
@@ -480,7 +488,7 @@ class Pooling:
         n, c, h, w = x.shape
         planes = checks.computable(x, util.image_dtype(x)).reshape(n * c, h, w)
         out = np.empty((n * c, oh, ow), planes.dtype)
-        arg = np.empty((n * c, oh, ow), np.int64)
+        arg = _scratch(self._arg, (n * c, oh, ow), np.int64)
         if ph == pw == 2 and pad == 0:
             maxpool2x2_forward(planes, out, arg, stride)
         else:
