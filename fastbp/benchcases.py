@@ -663,18 +663,23 @@ def _book_layers(net):
     return net
 
 
+def _convnet_case(cls_name, impl, images, dtype, seed):
+    """(net, x, t): a fastbp conv net (or, for "reference", the same net on the book's
+    layers) and ``images`` seeded MNIST-like float32 images with class labels."""
+    from fastbp import convnets
+
+    dt = _check(impl, dtype)
+    x = np.random.default_rng(seed).random((images, 1, 28, 28)).astype(np.float32)
+    net = getattr(convnets, cls_name)(dtype=dt, rng=seed)
+    if impl == "reference":
+        net = _book_layers(net)
+    return net, x, random_labels(images, CLASSES, seed)
+
+
 def convnet_step(impl, batch, dtype, seed=0):
     """One SGD step (gradient, then params -= lr * grad) of SimpleConvNet on ``batch``
     MNIST-like float32 images with ``dtype`` params; "reference" runs the book's layers."""
-    from fastbp.convnets import SimpleConvNet
-
-    dt = _check(impl, dtype)
-    rng = np.random.default_rng(seed)
-    x = rng.random((batch, 1, 28, 28)).astype(np.float32)
-    t = random_labels(batch, CLASSES, seed)
-    net = SimpleConvNet(dtype=dt, rng=seed)
-    if impl == "reference":
-        net = _book_layers(net)
+    net, x, t = _convnet_case("SimpleConvNet", impl, batch, dtype, seed)
 
     def step():
         grads = net.gradient(x, t)
@@ -687,13 +692,5 @@ def convnet_step(impl, batch, dtype, seed=0):
 def deep_convnet_inference(impl, images, dtype="float64", seed=0):
     """DeepConvNet's ``accuracy`` (inference in batches of 100) on ``images`` float32
     MNIST-like images; "reference" runs the book's layers on the same weights."""
-    from fastbp.convnets import DeepConvNet
-
-    dt = _check(impl, dtype)
-    rng = np.random.default_rng(seed)
-    x = rng.random((images, 1, 28, 28)).astype(np.float32)
-    t = random_labels(images, CLASSES, seed)
-    net = DeepConvNet(dtype=dt, rng=seed)
-    if impl == "reference":
-        net = _book_layers(net)
+    net, x, t = _convnet_case("DeepConvNet", impl, images, dtype, seed)
     return lambda: net.accuracy(x, t)
