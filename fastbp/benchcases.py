@@ -578,3 +578,119 @@ def jax_step(params, x, t, lr=BOOK_LR):
         value.block_until_ready()
 
     return step
+
+
+# == chapters 6-8 (issue 11): conv layers, dropout, batch norm, conv-net steps ============
+#
+# The same contract as above: builders take an implementation ("fastbp" or "reference",
+# the book's classes), a named size and a dtype name, and return zero-argument callables.
+# ``fastbp bench`` can list CONV_LAYER_FAMILIES with ``conv_layer_pair`` and time
+# ``convnet_step`` and ``deep_convnet_inference``.
+
+CONV_LAYER_FAMILIES = ("Convolution", "Pooling", "BatchNormalization", "Dropout")
+# Named sizes per family: Convolution (x shape, W shape, stride, pad), Pooling (x shape,
+# pool, stride), BatchNormalization and Dropout (x shape).
+CONV_LAYER_SIZES = {
+    "Convolution": {
+        "simple_convnet": ((100, 1, 28, 28), (30, 1, 5, 5), 1, 0),
+        "deep_conv2": ((100, 16, 28, 28), (16, 16, 3, 3), 1, 1),
+        "deep_conv6": ((100, 64, 8, 8), (64, 64, 3, 3), 1, 1),
+    },
+    "Pooling": {
+        "simple_convnet": ((100, 30, 24, 24), 2, 2),
+        "deep_pool1": ((100, 16, 28, 28), 2, 2),
+    },
+    "BatchNormalization": {"100x100": ((100, 100),), "100x4320": ((100, 4320),)},
+    "Dropout": {"100x100": ((100, 100),), "100x30x24x24": ((100, 30, 24, 24),)},
+}
+CONVNET_BATCHES = (100,)
+DEEP_INFERENCE_IMAGES = (1000,)
+
+
+def conv_layer_sizes(family):
+    """The size names of a chapter 6-8 layer family."""
+    return tuple(CONV_LAYER_SIZES[family])
+
+
+def conv_layer_pair(family, impl, size, dtype):
+    """(forward, backward) callables of one chapter 6-8 layer (forward already run once);
+    Dropout and BatchNormalization run in training mode, Dropout reseeding np.random."""
+    dt = _check(impl, dtype)
+    if family not in CONV_LAYER_SIZES or size not in CONV_LAYER_SIZES[family]:
+        raise NotImplementedError(f"unknown {family} size {size!r}")
+    module = layers if impl == "fastbp" else reference
+    spec = CONV_LAYER_SIZES[family][size]
+    x = normal(spec[0], dt, 1)
+    if family == "Convolution":
+        layer = module.Convolution(
+            normal(spec[1], dt, 2, 0.1), normal(spec[1][0], dt, 3), *spec[2:]
+        )
+    elif family == "Pooling":
+        layer = module.Pooling(spec[1], spec[1], spec[2])
+    elif family == "BatchNormalization":
+        d = spec[0][1]
+        layer = module.BatchNormalization(normal(d, dt, 2) + 1, normal(d, dt, 3))
+    else:
+        layer = module.Dropout(0.5)
+    np.random.seed(0)  # noqa: NPY002 (Dropout draws from the global state, as the book)
+    dout = normal(layer.forward(x).shape, dt, 4)
+    return lambda: layer.forward(x), lambda: layer.backward(dout.copy())
+
+
+def _book_layers(net):
+    """``net`` (a fastbp conv net) with each layer swapped for the book's class
+    (``fastbp.reference``) on the same parameter arrays: the book's net, same weights."""
+
+    def book(layer):
+        name = type(layer).__name__
+        if name in ("Convolution", "Affine"):
+            book_layer = getattr(reference, name)(layer.W, layer.b, *(
+                (layer.stride, layer.pad) if name == "Convolution" else ()))  # fmt: skip
+            return book_layer
+        if name == "Pooling":
+            return reference.Pooling(layer.pool_h, layer.pool_w, layer.stride, layer.pad)
+        if name == "Dropout":
+            return reference.Dropout(layer.dropout_ratio)
+        return getattr(reference, name)()
+
+    if isinstance(net.layers, dict):
+        net.layers = type(net.layers)((key, book(layer)) for key, layer in net.layers.items())
+    else:
+        net.layers = [book(layer) for layer in net.layers]
+    net.param_layers = [layer for layer in net._sequence() if hasattr(layer, "W")]
+    net.last_layer = reference.SoftmaxWithLoss()
+    net.train_mode_layers = (reference.Dropout, reference.BatchNormalization)
+    return net
+
+
+def _convnet_case(cls_name, impl, images, dtype, seed):
+    """(net, x, t): a fastbp conv net (or, for "reference", the same net on the book's
+    layers) and ``images`` seeded MNIST-like float32 images with class labels."""
+    from fastbp import convnets
+
+    dt = _check(impl, dtype)
+    x = np.random.default_rng(seed).random((images, 1, 28, 28)).astype(np.float32)
+    net = getattr(convnets, cls_name)(dtype=dt, rng=seed)
+    if impl == "reference":
+        net = _book_layers(net)
+    return net, x, random_labels(images, CLASSES, seed)
+
+
+def convnet_step(impl, batch, dtype, seed=0):
+    """One SGD step (gradient, then params -= lr * grad) of SimpleConvNet on ``batch``
+    MNIST-like float32 images with ``dtype`` params; "reference" runs the book's layers."""
+    net, x, t = _convnet_case("SimpleConvNet", impl, batch, dtype, seed)
+
+    def step():
+        grads = net.gradient(x, t)
+        for key, grad in grads.items():
+            net.params[key] -= BOOK_LR * grad
+
+    return step
+
+
+def deep_convnet_inference(impl, images, dtype="float64", seed=0):
+    """DeepConvNet's ``accuracy`` (inference in batches of 100) on ``images`` float32
+    MNIST-like images; "reference" runs the book's layers on the same weights."""
+    net, x, t = _convnet_case("DeepConvNet", impl, images, dtype, seed)
+    return lambda: net.accuracy(x, t)

@@ -96,7 +96,8 @@ def computable(a, dtype):
 
 
 def labels(t, n, c, float_dtype):
-    """Validate labels for N rows of C classes: indices t[N] or one-hot rows t[N, C].
+    """Validate labels for N rows of C classes: indices t[N] (or an integer column t[N, 1],
+    as the book reads it when C > 1) or one-hot rows t[N, C].
 
     Returns a C-contiguous array the softmax kernels can read without bounds checks. Index
     labels are returned as a private ``intp`` copy, so that changing the caller's ``t``
@@ -105,6 +106,8 @@ def labels(t, n, c, float_dtype):
     the book's ``y - t`` for logits of ``float_dtype`` (exact: the values are 0 and 1).
     """
     t = native(np.asarray(t))
+    if t.ndim == 2 and t.shape == (n, 1) and c != 1 and t.dtype.kind in "iu":
+        t = t.reshape(n)  # an (N, 1) integer column is class indices, as in the book
     if t.ndim == 1:
         if t.dtype.kind not in "iu":
             raise TypeError(

@@ -123,6 +123,13 @@ def configure_train(parser):
         help="directory with the four MNIST IDX files "
         "(train-images-idx3-ubyte[.gz], ...); default: the embedded data",
     )
+    parser.add_argument(
+        "--model",
+        choices=["mlp", "convnet"],
+        default="mlp",
+        help="mlp (default): TwoLayerNet, or MultiLayerNet with --layers; convnet: the "
+        "book's ch07 SimpleConvNet (conv 30x5x5 - relu - pool - affine 100 - relu - affine)",
+    )
     net = parser.add_mutually_exclusive_group()
     net.add_argument(
         "--hidden", type=positive(int), default=50, help="hidden units of TwoLayerNet (default 50)"
@@ -147,7 +154,11 @@ def configure_train(parser):
         help="L2 weight decay of --layers (default 0)",
     )
     parser.add_argument("--batch", type=positive(int), default=100, help="batch size (100)")
-    parser.add_argument("--optimizer", choices=list(OPTIMIZERS), default="sgd", help="default sgd")
+    parser.add_argument(
+        "--optimizer",
+        choices=list(OPTIMIZERS),
+        help="default sgd (momentum for --model convnet: 97%% test accuracy in 17 epochs)",
+    )
     parser.add_argument(
         "--lr",
         type=positive(float),
@@ -194,8 +205,10 @@ def configure_train(parser):
 
 def build_net(args, rng):
     """The network the arguments describe (784 inputs, 10 classes)."""
-    from fastbp.nets import MultiLayerNet, TwoLayerNet
+    from fastbp.nets import MultiLayerNet, SimpleConvNet, TwoLayerNet
 
+    if args.model == "convnet":
+        return SimpleConvNet(dtype=args.dtype, rng=rng)
     if args.layers:
         return MultiLayerNet(
             784,
@@ -211,7 +224,9 @@ def build_net(args, rng):
 
 
 def describe(args, lr):
-    if args.layers:
+    if args.model == "convnet":
+        net = "SimpleConvNet((1, 28, 28), 30 filters 5x5, hidden 100, 10)"
+    elif args.layers:
         net = f"MultiLayerNet(784, {args.layers}, 10, {args.activation!r}"
         net += f", weight_decay_lambda={args.weight_decay})" if args.weight_decay else ")"
     else:
@@ -228,7 +243,7 @@ def load_data(args):
     from fastbp.data import load_mnist
 
     try:
-        (x, t), (x_test, t_test) = load_mnist(data_dir=args.data)
+        (x, t), (x_test, t_test) = load_mnist(data_dir=args.data, flatten=args.model != "convnet")
     except (OSError, ValueError) as e:  # missing files, not IDX files, truncated files
         raise UsageError(f"--data {args.data}: {e}") from e
     return (x.astype(args.dtype), t), (x_test.astype(args.dtype), t_test)
@@ -256,6 +271,7 @@ def run_train(args):
     from fastbp import optimizers
     from fastbp.train import History, blas_threads, plot_history, train
 
+    args.optimizer = args.optimizer or ("momentum" if args.model == "convnet" else "sgd")
     data = load_data(args)
     comm = mpi_rank() if args.distributed else None  # abort all on error, rank 0 prints
     seeds = np.random.SeedSequence(args.seed).spawn(2)

@@ -19,9 +19,11 @@ import functools
 
 import numpy as np
 
-from fastbp import checks
+from fastbp import checks, functions, util
+from fastbp.functions import *  # noqa: F403 (the book's layers star-import its functions)
 from fastbp.lazy import LazyKernel
 from fastbp.reference import AddLayer, MulLayer
+from fastbp.util import col2im, im2col
 
 __all__ = ["AddLayer", "Affine", "MulLayer", "Relu", "Sigmoid", "SoftmaxWithLoss"]
 
@@ -36,6 +38,17 @@ sigmoid_backward = _kernel("sigmoid_backward")
 sigmoid_forward = _kernel("sigmoid_forward")
 softmax_ce_backward = _kernel("softmax_ce_backward")
 softmax_ce_forward = _kernel("softmax_ce_forward")
+batchnorm_backward = _kernel("batchnorm_backward")
+batchnorm_forward = _kernel("batchnorm_forward")
+batchnorm_inference = _kernel("batchnorm_inference")
+# The convolution kernels through their wrappers, which choose the blocks (kernels/conv.py).
+conv_backward = LazyKernel(globals(), "fastbp.kernels.conv", "conv_backward", "backward")
+conv_forward = LazyKernel(globals(), "fastbp.kernels.conv", "conv_forward", "forward")
+dropout_backward = _kernel("dropout_backward")
+dropout_forward = _kernel("dropout_forward")
+maxpool2x2_forward = _kernel("maxpool2x2_forward")
+maxpool_backward = _kernel("maxpool_backward")
+maxpool_forward = _kernel("maxpool_forward")
 
 
 def _flat(a):
@@ -229,3 +242,279 @@ class SoftmaxWithLoss:
         dx = np.empty(y.shape, dtype)
         softmax_ce_backward(y, t, dout / y.shape[0], dx)
         return dx.reshape(shape)
+
+
+# -- chapters 6-8: Dropout, BatchNormalization, Convolution, Pooling (issue 11) ----------
+#
+# Images are NCHW. Convolution and Pooling compute in NumPy's result dtype of their inputs
+# when that is float32 or float64, else in float64 (float16 or integer images, which the
+# book's float64 im2col also takes); the book's im2col makes float32 images float64, fastbp
+# keeps a float32 pipeline float32. Outputs are C-contiguous (the book's are transposed
+# views); ``col`` and ``arg_max`` are computed in the book's layout when read.
+
+# The book's variance guard in BatchNormalization (10e-7, i.e. 1e-6).
+BN_EPS = 10e-7
+
+
+class Dropout:
+    """Zero each entry with probability ``dropout_ratio`` in training; scale by
+    1 - dropout_ratio in inference (``train_flg=False``). ``mask`` (bool) keeps the
+    entries kept. The mask is ``np.random.rand(*x.shape) > dropout_ratio`` from NumPy's
+    global state, as in the book, so ``np.random.seed`` reproduces the book's masks."""
+
+    def __init__(self, dropout_ratio=0.5):
+        self.dropout_ratio = dropout_ratio
+        self.mask = None
+
+    def forward(self, x, train_flg=True):
+        x = checks.computable(checks.float_array("x", x), None)
+        ratio = checks.scalar("dropout_ratio", self.dropout_ratio)
+        if not train_flg:
+            return x * (1.0 - ratio)
+        draws = np.asarray(np.random.rand(*x.shape))  # noqa: NPY002 (the book's global state)
+        out = np.empty(x.shape, x.dtype)
+        mask = np.empty(x.shape, np.bool_)
+        dropout_forward(_flat(x), _flat(draws), ratio, _flat(out), _flat(mask))
+        self.mask = mask
+        return out
+
+    def backward(self, dout):
+        checks.after_forward(self, self.mask)
+        dout = checks.float_array("dout", dout)
+        checks.same_shape("dout", dout, "the training forward input", self.mask.shape)
+        dout = checks.computable(dout, None)
+        dx = np.empty(dout.shape, dout.dtype)
+        dropout_backward(_flat(dout), _flat(self.mask), _flat(dx))
+        return dx
+
+
+def _vector(name, a, d):
+    """A float vector of d entries, given as shape (d,) or (1, d), as a (d,) view."""
+    a = checks.float_array(name, a)
+    if a.shape not in ((d,), (1, d)):
+        raise ValueError(f"{name} has shape {a.shape}, expected ({d},) for {d} features")
+    return a.reshape(d)
+
+
+class BatchNormalization:
+    """The book's batch normalization over the features of x[N, D] (or of x[N, C, H, W]
+    flattened to D = C*H*W features, as the book does).
+
+    ``forward(x, train_flg=True)`` normalizes by the batch statistics and updates
+    ``running_mean``/``running_var`` (new arrays each step, as the book's), or with
+    ``train_flg=False`` by the running statistics. ``gamma``/``beta`` are held by
+    reference; ``backward`` sets ``dgamma``/``dbeta``. ``xc``, ``xn``, ``std`` and
+    ``batch_size`` keep the last training forward's intermediates.
+    """
+
+    def __init__(self, gamma, beta, momentum=0.9, running_mean=None, running_var=None):
+        self.gamma = gamma
+        self.beta = beta
+        self.momentum = momentum
+        self.input_shape = None
+        self.running_mean = running_mean
+        self.running_var = running_var
+        self.batch_size = None
+        self.xc = None
+        self.xn = None
+        self.std = None
+        self.dgamma = None
+        self.dbeta = None
+        self._train_shape = None  # x's shape in the last training forward
+
+    def forward(self, x, train_flg=True):
+        x = checks.batch("x", x, min_ndim=2)
+        flat = x.reshape(x.shape[0], -1)
+        n, d = flat.shape
+        gamma, beta = _vector("gamma", self.gamma, d), _vector("beta", self.beta, d)
+        momentum = checks.scalar("momentum", self.momentum)
+        if self.running_mean is None:
+            self.running_mean, self.running_var = np.zeros(d), np.zeros(d)
+        if train_flg:
+            out = self._train(flat, gamma, beta, momentum)
+            self._train_shape = x.shape
+        else:
+            out = self._infer(flat, gamma, beta)
+        self.input_shape = x.shape
+        return out.reshape(x.shape)
+
+    def _train(self, x, gamma, beta, momentum):
+        n, d = x.shape
+        dtype = np.result_type(x, gamma, beta)
+        x, gamma, beta = (checks.computable(a, dtype) for a in (x, gamma, beta))
+        out, xc, xn = (np.empty((n, d), dtype) for _ in range(3))
+        mu, var, std = (np.empty(d, dtype) for _ in range(3))
+        batchnorm_forward(x, gamma, beta, dtype.type(BN_EPS), out, xc, xn, mu, var, std)
+        running_mean = _vector("running_mean", self.running_mean, d)
+        running_var = _vector("running_var", self.running_var, d)
+        self.batch_size, self.xc, self.xn, self.std = n, xc, xn, std
+        self.running_mean = momentum * running_mean + (1 - momentum) * mu
+        self.running_var = momentum * running_var + (1 - momentum) * var
+        return out
+
+    def _infer(self, x, gamma, beta):
+        d = x.shape[1]
+        mean = _vector("running_mean", self.running_mean, d)
+        var = _vector("running_var", self.running_var, d)
+        dtype = np.result_type(x, gamma, beta, mean, var)
+        std = np.sqrt(checks.computable(var, dtype) + dtype.type(BN_EPS))
+        x, gamma, beta, mean = (checks.computable(a, dtype) for a in (x, gamma, beta, mean))
+        out = np.empty(x.shape, dtype)
+        batchnorm_inference(x, gamma, beta, mean, std, out)
+        return out
+
+    def backward(self, dout):
+        checks.after_forward(self, self.xn)
+        dout = checks.float_array("dout", dout, min_ndim=2)
+        n, d = self.xn.shape
+        checks.same_shape("dout", dout, "the training forward input", self._train_shape)
+        gamma = _vector("gamma", self.gamma, d)
+        dtype = np.result_type(dout, self.xn, gamma)
+        arrays = (dout.reshape(n, d), gamma, self.xc, self.xn, self.std)
+        dout, gamma, xc, xn, std = (checks.computable(a, dtype) for a in arrays)
+        dx = np.empty((n, d), dtype)
+        dgamma, dbeta, dvar, dmu = (np.empty(d, dtype) for _ in range(4))
+        batchnorm_backward(dout, gamma, xc, xn, std, dx, dgamma, dbeta, dvar, dmu)
+        self.dgamma, self.dbeta = dgamma, dbeta
+        return dx.reshape(self._train_shape)
+
+
+def _scratch(previous, shape, dtype):
+    """``previous`` (a layer's private state array from its last forward) if it has this
+    shape and dtype, else a new array: no fresh pages (page faults) on every call."""
+    if previous is not None and previous.shape == shape and previous.dtype == dtype:
+        return previous
+    return np.empty(shape, dtype)
+
+
+class Convolution:
+    """out[N, FN, OH, OW] = the convolution (cross-correlation) of x[N, C, H, W] with the
+    filters W[FN, C, FH, FW], plus b[FN]; OH = (H + 2*pad - FH) // stride + 1 (OW alike).
+
+    ``W`` and ``b`` are held by reference (in-place updates reach the next call); the
+    backward pass uses the very W array the forward used, as the book's ``col_W`` view
+    does. ``x`` is the forward input as given, ``col_W`` = W.reshape(FN, -1).T, ``col``
+    the patches in the book's layout [N*OH*OW, C*FH*FW] (built on access), and ``dW``,
+    ``db`` the gradients after ``backward``.
+    """
+
+    def __init__(self, W, b, stride=1, pad=0):
+        self.W = W
+        self.b = b
+        self.stride = stride
+        self.pad = pad
+        self.x = None
+        self.col_W = None
+        self.dW = None
+        self.db = None
+        self._col = None  # patches [N, K, P] in the compute dtype
+        self._forward = None  # (W used, x shape, geometry) of the last forward
+
+    @property
+    def col(self):
+        if self._col is None:
+            return None
+        n, k, p = self._col.shape
+        return self._col.transpose(0, 2, 1).reshape(n * p, k)
+
+    def _filters(self):
+        W = checks.float_array("W", self.W, ndim=4)
+        b = _vector("b", self.b, W.shape[0])
+        return W, b
+
+    def forward(self, x):
+        x = util.real_images("x", x)
+        W, b = self._filters()
+        fn, c, fh, fw = W.shape
+        if x.shape[1] != c:
+            raise ValueError(f"x has {x.shape[1]} channels (shape {x.shape}), W expects {c}")
+        geometry = util.window_geometry(x.shape, fh, fw, self.stride, self.pad)
+        _, _, stride, pad, oh, ow = geometry
+        dtype = util.image_dtype(x, W, b)
+        images = checks.computable(x, x.dtype if x.dtype in checks.FLOAT_DTYPES else dtype)
+        Wm = checks.computable(W.reshape(fn, -1), dtype)
+        b = checks.computable(b, dtype)
+        n = x.shape[0]
+        col = _scratch(self._col, (n, Wm.shape[1], oh * ow), dtype)
+        out = np.empty((n, fn, oh * ow), dtype)
+        conv_forward(images, Wm, b, col, out, fh, fw, stride, pad, oh, ow)
+        self.x, self.col_W, self._col = x, W.reshape(fn, -1).T, col
+        self._forward = (W, x.shape, geometry)
+        return out.reshape(n, fn, oh, ow)
+
+    def backward(self, dout):
+        checks.after_forward(self, self._forward)
+        W, x_shape, (fh, fw, stride, pad, oh, ow) = self._forward
+        n, fn = x_shape[0], W.shape[0]
+        dout = checks.float_array("dout", dout)
+        checks.same_shape("dout", dout, "the forward output", (n, fn, oh, ow))
+        dtype = np.result_type(dout, self._col)
+        d = checks.computable(dout, dtype).reshape(n, fn, oh * ow)
+        col = checks.computable(self._col, dtype)
+        Wm = checks.computable(W.reshape(fn, -1), dtype)
+        k = Wm.shape[1]
+        dx, dW, db = np.empty(x_shape, dtype), np.empty((fn, k), dtype), np.empty(fn, dtype)
+        conv_backward(d, Wm, col, dx, dW, db, fh, fw, stride, pad, oh, ow, True)
+        self.dW, self.db = dW.reshape(W.shape), db
+        return dx
+
+
+class Pooling:
+    """Max pooling of x[N, C, H, W] over pool_h x pool_w windows moved by ``stride``:
+    out[N, C, OH, OW], OH = (H + 2*pad - pool_h) // stride + 1 (OW alike; padding counts
+    as 0, as in the book's im2col). ``arg_max`` gives each window's argmax (flat index into
+    the window) in the book's order (image, output row, output column, channel)."""
+
+    def __init__(self, pool_h, pool_w, stride=2, pad=0):
+        self.pool_h = pool_h
+        self.pool_w = pool_w
+        self.stride = stride
+        self.pad = pad
+        self.x = None
+        self._arg = None  # argmax [N*C, OH, OW] (int64)
+        self._forward = None  # (x shape, geometry) of the last forward
+
+    @property
+    def arg_max(self):
+        if self._arg is None:
+            return None
+        n, c = self._forward[0][:2]
+        return self._arg.reshape(n, c, *self._arg.shape[1:]).transpose(0, 2, 3, 1).reshape(-1)
+
+    def forward(self, x):
+        x = util.real_images("x", x)
+        geometry = util.window_geometry(x.shape, self.pool_h, self.pool_w, self.stride, self.pad)
+        ph, pw, stride, pad, oh, ow = geometry
+        n, c, h, w = x.shape
+        planes = checks.computable(x, util.image_dtype(x)).reshape(n * c, h, w)
+        out = np.empty((n * c, oh, ow), planes.dtype)
+        arg = _scratch(self._arg, (n * c, oh, ow), np.int64)
+        if ph == pw == 2 and pad == 0:
+            maxpool2x2_forward(planes, out, arg, stride)
+        else:
+            maxpool_forward(planes, out, arg, ph, pw, stride, pad)
+        self.x, self._arg, self._forward = x, arg, (x.shape, geometry)
+        return out.reshape(n, c, oh, ow)
+
+    def backward(self, dout):
+        checks.after_forward(self, self._forward)
+        (n, c, h, w), (ph, pw, stride, pad, oh, ow) = self._forward
+        dout = checks.float_array("dout", dout)
+        checks.same_shape("dout", dout, "the forward output", (n, c, oh, ow))
+        d = checks.computable(dout, None).reshape(n * c, oh, ow)
+        dx = np.empty((n * c, h, w), d.dtype)
+        maxpool_backward(d, self._arg, dx, ph, pw, stride, pad)
+        return dx.reshape(n, c, h, w)
+
+
+# The book's star import gives its classes, common.functions, im2col/col2im and np.
+__all__ += [
+    "BatchNormalization",
+    "Convolution",
+    "Dropout",
+    "Pooling",
+    "col2im",
+    "im2col",
+    "np",
+    *functions.__all__,
+]

@@ -19,7 +19,7 @@ import numpy as np
 from fastbp import checks
 from fastbp.fused import TwoLayerStep
 from fastbp.gradcheck import numerical_gradient
-from fastbp.layers import Affine, Relu, Sigmoid, SoftmaxWithLoss
+from fastbp.layers import Affine, BatchNormalization, Dropout, Relu, Sigmoid, SoftmaxWithLoss
 
 ACTIVATIONS = {"relu": Relu, "sigmoid": Sigmoid}
 # Named weight scales of MultiLayerNet: std = sqrt(gain / fan_in).
@@ -255,3 +255,159 @@ class MultiLayerNet(LayerNet):
     def last_layer(self):
         """The book's MultiLayerNet name for ``lastLayer``."""
         return self.lastLayer
+
+
+class MultiLayerNetExtend:
+    """The book's MultiLayerNetExtend (``common/multi_layer_net_extend.py``): MultiLayerNet
+    with optional batch normalization after each hidden Affine layer and dropout after each
+    hidden activation.
+
+    Layers: Affine1, [BatchNorm1], Activation_function1, [Dropout1], ..., Affine{L+1}, then
+    ``last_layer`` (SoftmaxWithLoss). Params W1, b1, [gamma1, beta1], ... held by reference
+    by the layers. ``predict``/``loss`` take ``train_flg`` (training mode for dropout and
+    batch norm), ``gradient`` runs in training mode like the book's. Keywords ``dtype``
+    and ``rng`` as for MultiLayerNet; the weights are drawn in the book's order.
+    """
+
+    def __init__(
+        self,
+        input_size,
+        hidden_size_list,
+        output_size,
+        activation="relu",
+        weight_init_std="relu",
+        weight_decay_lambda=0,
+        use_dropout=False,
+        dropout_ration=0.5,
+        use_batchnorm=False,
+        *,
+        dtype=np.float64,
+        rng=None,
+    ):
+        # A MultiLayerNet validates the arguments and draws the weights in the book's order.
+        base = MultiLayerNet(
+            input_size,
+            hidden_size_list,
+            output_size,
+            activation,
+            weight_init_std,
+            weight_decay_lambda,
+            dtype=dtype,
+            rng=rng,
+        )
+        self.input_size, self.output_size = base.input_size, base.output_size
+        self.hidden_size_list = base.hidden_size_list
+        self.hidden_layer_num = base.hidden_layer_num
+        self.weight_decay_lambda = weight_decay_lambda
+        self.use_dropout, self.use_batchnorm = use_dropout, use_batchnorm
+        dtype = _dtype(dtype)
+        self.params = {}
+        self.layers = OrderedDict()
+        for idx in range(1, self.hidden_layer_num + 2):
+            W, b = base.params[f"W{idx}"], base.params[f"b{idx}"]
+            self.params[f"W{idx}"], self.params[f"b{idx}"] = W, b
+            self.layers[f"Affine{idx}"] = Affine(W, b)
+            if idx > self.hidden_layer_num:
+                break
+            if use_batchnorm:
+                size = self.hidden_size_list[idx - 1]
+                gamma, beta = np.ones(size, dtype), np.zeros(size, dtype)
+                self.params[f"gamma{idx}"], self.params[f"beta{idx}"] = gamma, beta
+                self.layers[f"BatchNorm{idx}"] = BatchNormalization(gamma, beta)
+            self.layers[f"Activation_function{idx}"] = ACTIVATIONS[activation]()
+            if use_dropout:
+                self.layers[f"Dropout{idx}"] = Dropout(dropout_ration)
+        self.last_layer = SoftmaxWithLoss()
+
+    @property
+    def lastLayer(self):  # noqa: N802 (TwoLayerNet's name, read by fastbp.train)
+        """``last_layer`` under TwoLayerNet's name."""
+        return self.last_layer
+
+    def predict(self, x, train_flg=False):
+        """Scores [N, output_size]; ``train_flg`` selects training mode for dropout and
+        batch norm."""
+        for layer in self.layers.values():
+            if isinstance(layer, (Dropout, BatchNormalization)):
+                x = layer.forward(x, train_flg)
+            else:
+                x = layer.forward(x)
+        return x
+
+    def loss(self, x, t, train_flg=False):
+        """Cross-entropy of the batch plus 0.5 * lambda * sum(W**2) per weight matrix."""
+        y = self.predict(x, train_flg)
+        decay = 0.0
+        for idx in range(1, self.hidden_layer_num + 2):
+            W = self.params[f"W{idx}"]
+            decay += 0.5 * self.weight_decay_lambda * np.sum(W**2)
+        return self.last_layer.forward(y, t) + decay
+
+    def accuracy(self, x, t):
+        """Fraction of the batch classified right, in inference mode."""
+        scores = self.predict(x, train_flg=False)
+        return _correct(scores, t) / float(scores.shape[0])
+
+    def _keys(self):
+        """Parameter names in the book's gradient order."""
+        keys = []
+        for idx in range(1, self.hidden_layer_num + 2):
+            keys += [f"W{idx}", f"b{idx}"]
+            if self.use_batchnorm and idx <= self.hidden_layer_num:
+                keys += [f"gamma{idx}", f"beta{idx}"]
+        return keys
+
+    def numerical_gradient(self, x, t):
+        """{param name: gradient} by central differences of the training-mode loss."""
+        return {
+            key: numerical_gradient(lambda _: self.loss(x, t, train_flg=True), self.params[key])
+            for key in self._keys()
+        }
+
+    def gradient(self, x, t):
+        """{param name: gradient} of the training-mode loss by backpropagation."""
+        self.loss(x, t, train_flg=True)
+        dout = self.last_layer.backward(1)
+        for layer in reversed(self.layers.values()):
+            dout = layer.backward(dout)
+        grads = {}
+        for idx in range(1, self.hidden_layer_num + 2):
+            affine = self.layers[f"Affine{idx}"]
+            grads[f"W{idx}"] = affine.dW + self.weight_decay_lambda * self.params[f"W{idx}"]
+            grads[f"b{idx}"] = affine.db
+            if self.use_batchnorm and idx <= self.hidden_layer_num:
+                grads[f"gamma{idx}"] = self.layers[f"BatchNorm{idx}"].dgamma
+                grads[f"beta{idx}"] = self.layers[f"BatchNorm{idx}"].dbeta
+        return grads
+
+
+def _correct(scores, t):
+    """How many rows of scores[N, C] have their argmax at the label (one-hot or indices,
+    validated)."""
+    t = checks.labels(t, *scores.shape, scores.dtype)
+    if t.ndim != 1:
+        t = np.argmax(t, axis=1)
+    return int(np.sum(np.argmax(scores, axis=1) == t))
+
+
+CONVNETS = ("DeepConvNet", "SimpleConvNet")
+
+
+def __getattr__(name):
+    """The chapter 7-8 conv nets of ``fastbp.convnets``, importable from here too (loaded
+    on first use: fastbp.convnets builds on this module)."""
+    if name in CONVNETS:
+        from fastbp import convnets
+
+        return getattr(convnets, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [  # noqa: F822 (the conv nets come from __getattr__)
+    "DeepConvNet",
+    "LayerNet",
+    "MultiLayerNet",
+    "MultiLayerNetExtend",
+    "SimpleConvNet",
+    "TwoLayerNet",
+]

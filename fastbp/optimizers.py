@@ -24,7 +24,14 @@ from collections.abc import Mapping, MutableMapping
 import numpy as np
 
 from fastbp import checks
-from fastbp.kernels.optimizers import adagrad_update, adam_update, momentum_update, sgd_update
+from fastbp.kernels.optimizers import (
+    adagrad_update,
+    adam_update,
+    momentum_update,
+    nesterov_update,
+    rmsprop_update,
+    sgd_update,
+)
 
 # The book's guard against division by zero in AdaGrad and Adam.
 EPS = 1e-7
@@ -220,3 +227,41 @@ class Adam(Optimizer):
             term(1 - self.beta2),
             v.dtype.type(EPS),
         )
+
+
+class Nesterov(Optimizer):
+    """Nesterov's accelerated gradient as in the book: param += momentum**2 * v;
+    param -= (1 + momentum) * lr * grad; v = momentum * v - lr * grad."""
+
+    state_names = ("v",)
+    hyperparameters = ("lr", "momentum")
+
+    def __init__(self, lr=0.01, momentum=0.9):
+        super().__init__()
+        self.lr = lr
+        self.momentum = momentum
+
+    def _update(self, p, g, v):
+        m, lr = self.momentum, self.lr
+        nesterov_update(
+            p, g, v, v.dtype.type(m * m), g.dtype.type((1 + m) * lr), g.dtype.type(lr),
+            v.dtype.type(m),
+        )  # fmt: skip
+
+
+class RMSprop(Optimizer):
+    """h = decay_rate * h + (1 - decay_rate) * grad**2; param -= lr * grad / (sqrt(h) + 1e-7)."""
+
+    state_names = ("h",)
+    hyperparameters = ("lr", "decay_rate")
+
+    def __init__(self, lr=0.01, decay_rate=0.99):
+        super().__init__()
+        self.lr = lr
+        self.decay_rate = decay_rate
+
+    def _update(self, p, g, h):
+        rmsprop_update(
+            p, g, h, g.dtype.type(self.lr), h.dtype.type(self.decay_rate),
+            g.dtype.type(1 - self.decay_rate), h.dtype.type(EPS),
+        )  # fmt: skip

@@ -10,7 +10,11 @@ cache is ``fastbp.kernels.cache``'s (recovers from damaged entries, works read-o
 from fastbp.kernels import threads  # noqa: F401  isort: skip
 import fastbp.kernels.cache  # noqa: F401  isort: skip
 from fastbp.kernels.affine import affine_backward, affine_forward
+from fastbp.kernels.batchnorm import batchnorm_backward, batchnorm_forward, batchnorm_inference
+from fastbp.kernels.conv import col2im, conv_backward, conv_forward, im2col
 from fastbp.kernels.dispatch import CROSSOVER, force_path
+from fastbp.kernels.dropout import dropout_backward, dropout_forward
+from fastbp.kernels.pooling import maxpool2x2_forward, maxpool_backward, maxpool_forward
 from fastbp.kernels.relu import relu_backward, relu_forward
 from fastbp.kernels.sigmoid import sigmoid_backward, sigmoid_forward
 from fastbp.kernels.softmax_ce import softmax_ce_backward, softmax_ce_forward
@@ -19,7 +23,19 @@ __all__ = [
     "CROSSOVER",
     "affine_backward",
     "affine_forward",
+    "batchnorm_backward",
+    "batchnorm_forward",
+    "batchnorm_inference",
+    "col2im",
+    "conv_backward",
+    "conv_forward",
+    "dropout_backward",
+    "dropout_forward",
     "force_path",
+    "im2col",
+    "maxpool2x2_forward",
+    "maxpool_backward",
+    "maxpool_forward",
     "relu_backward",
     "relu_forward",
     "sigmoid_backward",

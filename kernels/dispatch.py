@@ -51,6 +51,22 @@ CROSSOVER = {
     "adagrad_update": 1 << 15,
     "adam_update": 1 << 14,
     "train_step": GEMM_WORK,
+    # Chapters 6-8 (issue 11): first estimates on the busy 2-core machine, to be measured
+    # with ``fastbp bench --crossover``; the convolutions in multiply-adds, as the GEMMs.
+    "conv_forward": GEMM_WORK,
+    "conv_backward": GEMM_WORK,
+    "im2col": 1 << 16,
+    "col2im": 1 << 16,
+    "maxpool_forward": 1 << 15,
+    "maxpool2x2_forward": 1 << 16,
+    "maxpool_backward": 1 << 15,
+    "batchnorm_forward": 1 << 16,
+    "batchnorm_inference": 1 << 16,
+    "batchnorm_backward": 1 << 16,
+    "dropout_forward": 1 << 16,
+    "dropout_backward": 1 << 16,
+    "nesterov_update": 1 << 14,
+    "rmsprop_update": 1 << 14,
 }
 
 # Largest fraction of nonzeros in x at which the fused train step's sparse first layer

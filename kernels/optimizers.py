@@ -44,3 +44,25 @@ def adam_update(param, grad, m, v, lr_t, one_minus_beta1, one_minus_beta2, eps):
         m[i] += one_minus_beta1 * (g - m[i])
         v[i] += one_minus_beta2 * (g * g - v[i])
         param[i] -= lr_t * m[i] / (np.sqrt(v[i]) + eps)
+
+
+@twin
+def nesterov_update(param, grad, v, momentum_sq, step, lr, momentum):
+    """param += momentum**2 * v; param -= (1 + momentum) * lr * grad;
+    v = momentum * v - lr * grad (``step`` is (1 + momentum) * lr)."""
+    for i in prange(param.size):
+        g = grad[i]
+        param[i] += momentum_sq * v[i]
+        param[i] -= step * g
+        v[i] *= momentum
+        v[i] -= lr * g
+
+
+@twin
+def rmsprop_update(param, grad, h, lr, decay_rate, one_minus_decay, eps):
+    """h = decay_rate * h + (1 - decay_rate) * grad**2; param -= lr * grad / (sqrt(h) + eps)."""
+    for i in prange(param.size):
+        g = grad[i]
+        h[i] *= decay_rate
+        h[i] += one_minus_decay * g * g
+        param[i] -= lr * g / (np.sqrt(h[i]) + eps)
