@@ -48,8 +48,10 @@ from fastbp.kernels.dispatch import NEVER
 from fastbp.train import blas_threads
 
 # In the order they run.
-SECTIONS = ("userloop", "kernels", "layers", "train", "crossover", "peers", "distributed")
-DEFAULT_SECTIONS = ("userloop", "kernels", "layers", "train")
+SECTIONS = (
+    "userloop", "kernels", "layers", "train", "conv", "crossover", "peers", "distributed"
+)  # fmt: skip
+DEFAULT_SECTIONS = ("userloop", "kernels", "layers", "train", "conv")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,6 +295,42 @@ def cases(settings, sections):
         yield from _pair_cases("layers", benchcases.LAYER_FAMILIES, benchcases.layer_case, settings)
     if "train" in sections:
         yield from train_cases(settings)
+    if "conv" in sections:
+        yield from conv_cases(settings)
+
+
+def _impl_case(name, dtype, run):
+    """A fastbp-vs-book row: ``run(impl)`` gives the zero-argument callable of each."""
+    return Case("conv", name, dtype, lambda: {impl: run(impl) for impl in benchcases.IMPLS})
+
+
+def conv_cases(settings):
+    """Chapter 6-8 layers at the book's nets' sizes, a SimpleConvNet train step and
+    DeepConvNet inference, fastbp against the book's classes."""
+    for family in benchcases.CONV_LAYER_FAMILIES:
+        sizes = benchcases.conv_layer_sizes(family)[: 1 if settings.quick else None]
+        for size in sizes:
+            for direction, verb in enumerate(("forward", "backward")):
+                for dtype in benchcases.DTYPES:
+                    yield _impl_case(
+                        f"{family}.{verb} {size}",
+                        dtype,
+                        lambda impl, f=family, s=size, d=dtype, i=direction: (
+                            benchcases.conv_layer_pair(f, impl, s, d)[i]
+                        ),
+                    )
+    for batch in benchcases.CONVNET_BATCHES:
+        yield _impl_case(
+            f"SimpleConvNet step B={batch}",
+            "float64",
+            lambda impl, b=batch: benchcases.convnet_step(impl, b, "float64"),
+        )
+    for images in benchcases.DEEP_INFERENCE_IMAGES[: 0 if settings.quick else None]:
+        yield _impl_case(
+            f"DeepConvNet accuracy, {images} images",
+            "float64",
+            lambda impl, n=images: benchcases.deep_convnet_inference(impl, n),
+        )
 
 
 def run_case(case, settings):

@@ -79,7 +79,7 @@ def _cell(row, key, fmt):
 
 # -- the tables of each section: (headers, body rows) -----------------------------------
 
-PAIR_SECTIONS = ("kernels", "layers")
+PAIR_SECTIONS = ("kernels", "layers", "conv")
 USER_LOOP_LABELS = {
     "book-alone": "the book's classes, before fastbp ran",
     "book": "the book's classes",
@@ -299,6 +299,7 @@ TABLES = {
     "peers_gradient": lambda result: peers_table(result, gradient=True),
     "kernels": lambda result: pair_table(result, "kernels"),
     "layers": lambda result: pair_table(result, "layers"),
+    "conv": lambda result: pair_table(result, "conv"),
     "crossover": crossover_table,
     "distributed": distributed_table,
     "costmodel": cost_model_table,
