@@ -18,8 +18,9 @@ Sections (``--section``, default userloop,kernels,layers,train; they run in this
 Method: each case is a set of zero-argument callables from ``fastbp.benchcases``. Every
 callable runs once first (compilation and caches out of the way); then, timeit-style, each
 gets a number of calls per sample so that one sample takes at least ``min_time``, and the
-samples of all the callables of a case are taken interleaved, so background load hits them
-alike. A row reports the median time per call of each and the ratios, all from one run.
+samples of each callable of a case are taken in blocks, after untimed settling calls, in
+two rounds (``medians``), so that one callable's thread pools do not spill into the next.
+A row reports the median time per call of each and the ratios, all from one run.
 The user loop alternates the variants in blocks of iterations the same way, each block
 starting with untimed iterations (``SETTLE_SECONDS``) so that one variant's BLAS threads do
 not spill into the next one's times. Nothing here
@@ -138,8 +139,8 @@ def _calls_per_sample(fn, min_time):
 # and than this VM takes to come back to speed after a pause, so that each block times
 # the steady state of one variant, as in a process running it alone.
 SETTLE_SECONDS = 0.15
-# Sections of whole train steps: sampled in blocks per column, each after settling.
-BLOCKED_SECTIONS = ("train", "peers")
+# Sections sampled in blocks per column, each after settling (all but the ladders).
+BLOCKED_SECTIONS = ("kernels", "layers", "train", "conv", "peers")
 
 
 def _settle(fn):
@@ -152,7 +153,7 @@ def _settle(fn):
 def medians(fns, settings, blocked=False):
     """Median seconds per call of each callable, their samples interleaved; ``blocked``:
     in two rounds of consecutive samples per callable instead, each after ``_settle``
-    (for whole train steps, whose thread pools must not spill into each other's times)."""
+    (so that one callable's thread pools do not spill into another's times)."""
     for fn in fns:
         fn()
     numbers = [_calls_per_sample(fn, settings.min_time) for fn in fns]

@@ -19,6 +19,7 @@ parameter is copied first (NumPy's ``p -= lr * g`` computes ``lr * g`` before wr
 Anything else raises before any parameter or state changes.
 """
 
+import numbers
 from collections.abc import Mapping, MutableMapping
 
 import numpy as np
@@ -51,6 +52,11 @@ def _validated(params, grads):
         checks.same_shape(f"grads[{key!r}]", g, f"params[{key!r}]", p.shape)
         pairs.append((key, p, g))
     return pairs
+
+
+def _is_number(p):
+    """Whether ``p`` is a real scalar that is not an array (int, float, NumPy scalar)."""
+    return isinstance(p, numbers.Real) and not isinstance(p, (bool, np.bool_, np.ndarray))
 
 
 def _kernel_ready(a):
@@ -126,7 +132,20 @@ class Optimizer:
         return work, None, a
 
     def update(self, params, grads):
-        """Update every ``params[key]`` in place from ``grads[key]``."""
+        """Update every ``params[key]`` in place from ``grads[key]``.
+
+        A param that is a plain real number (the book's ``optimizer_compare_naive.py``
+        optimises ``{'x': -7.0, 'y': 2.0}``) cannot change in place: like the book's
+        ``params[key] -= ...`` it is replaced by the updated value (a NumPy float64)."""
+        if isinstance(params, MutableMapping) and any(_is_number(p) for p in params.values()):
+            work = {
+                key: np.array(p, np.float64) if _is_number(p) else p for key, p in params.items()
+            }
+            self.update(work, grads)
+            for key, p in params.items():
+                if _is_number(p):
+                    params[key] = work[key][()]
+            return
         pairs = _validated(params, grads)
         for name in self.hyperparameters:
             checks.scalar(name, getattr(self, name))

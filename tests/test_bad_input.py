@@ -434,7 +434,9 @@ SPECIFIC = [
         for row in [
             _bad(entry, "grads['W']", "transposed_shape", lambda a: a.T),
             _bad(entry, "grads['b']", "extra_axis", lambda a: a[None]),
-            _bad(entry, "params['b']", "scalar", replace(0.5), TypeError),
+            # a plain number is a param (the book's optimizer_compare_naive.py); an array
+            # gradient for it does not fit
+            _bad(entry, "params['b']", "scalar", replace(0.5), ValueError),
             _bad(entry, "lr", "none", replace(None), TypeError),
             _bad(entry, "lr", "str", replace("0.1"), TypeError),
             _bad(entry, "lr", "array", replace(np.full(M, 0.1))),

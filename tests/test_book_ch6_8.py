@@ -54,6 +54,12 @@ SCRIPTS = {
     ],
     "ch08/half_float_network.py": [("sampled = 10000", "sampled = 100")],
     "ch06/overfit_dropout.py": [("epochs=301", "epochs=3")],
+    "ch06/optimizer_compare_naive.py": [  # plain float params; print where each ends
+        (
+            "    x = np.arange(-10, 10, 0.01)",
+            "    print(key, params['x'], params['y'])\n    continue",
+        )
+    ],
     "ch06/batch_norm_test.py": [
         ("x_train = x_train[:1000]", "x_train = x_train[:200]"),
         ("t_train = t_train[:1000]", "t_train = t_train[:200]"),

@@ -322,3 +322,72 @@ def test_fused_net_leaves_the_layers_as_the_book_does(rng, x_dtype):
     fused.loss(x[:5], t[:5])  # the forward alone moves the forward state, not dW
     assert fused.layers["Affine1"].x.shape == (5, 37)
     assert fused.layers["Affine1"].dW is dW
+
+
+def test_one_net_shared_by_threads_gives_each_call_its_own_gradient(rng):
+    """Issue 10, finding 1: threads sharing one TwoLayerNet (its fused step's buffers)
+    with sparse and dense batches of different sizes: every gradient is the one a lone
+    call gives (it segfaulted or was silently wrong when the buffers were shared)."""
+    import threading
+
+    net = TwoLayerNet(60, 16, 5, rng=4)
+    batches = [
+        (sparse_batch(rng, n, 60, np.float32), labels(rng, n, 5, False)) for n in (3, 40, 17)
+    ]
+    batches += [(rng.random((n, 60)), labels(rng, n, 5, True)) for n in (1, 29)]
+    expected = [net.gradient(x, t) for x, t in batches]
+    failures = []
+
+    def work(seed):
+        order = np.random.default_rng(seed).permutation(len(batches) * 8) % len(batches)
+        for i in order:
+            got = net.gradient(*batches[i])
+            if not all(np.array_equal(got[k], expected[i][k]) for k in got):
+                failures.append(i)
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+
+
+def test_step_state_changed_between_calls_is_checked_on_every_call(rng):
+    """Issue 10, finding 3: sparse switched, a param replaced by another shape or reshaped
+    in place, a gradient buffer replaced: checked before the kernel runs (these crashed)."""
+    n, k, h, c = SHAPES[1]
+    params = make_params(rng, k, h, c, np.float64)
+    step = TwoLayerStep.from_params(params, sparse=False)
+    x, t = sparse_batch(rng, n, k, np.float64), labels(rng, n, c, False)
+    step.gradient(x, t)
+    step.sparse = True
+    assert_close(step.gradient(x, t)["W1"], book_gradient(params, x, t)[1]["W1"], 1e-12)
+    assert step.used_sparse
+    step.sparse = "sometimes"
+    with pytest.raises(ValueError, match="sparse"):
+        step.gradient(x, t)
+    step.sparse = False
+    step.params["W1"] = np.zeros((k + 1, h))
+    with pytest.raises(ValueError, match="features per sample"):
+        step.gradient(x, t)
+    step.params["W1"] = params["W1"]
+    params["b1"].shape = (1, h)  # reshaped in place
+    with pytest.raises(ValueError, match="b1"):
+        step.gradient(x, t)
+    params["b1"].shape = (h,)
+    step.grads["W2"] = np.zeros((h + 3, c))
+    with pytest.raises(ValueError, match=r"grads\['W2'\]"):
+        step.gradient(x, t)
+    step.grads["W2"] = params["W2"]  # the parameter itself
+    with pytest.raises(ValueError, match="share memory"):
+        step.gradient(x, t)
+
+
+def test_sparse_offsets_are_64_bit(rng):
+    """Issue 10, finding 4: the nonzero offsets are int64, so past 2**31 nonzeros they
+    cannot wrap (such a batch needs > 8 GB: the dtype is what is checked here)."""
+    n, k, h, c = SHAPES[1]
+    step = TwoLayerStep.from_params(make_params(rng, k, h, c, np.float64), sparse=True)
+    step.gradient(sparse_batch(rng, n, k, np.float64), labels(rng, n, c, False))
+    assert step._work["nz"].dtype == np.int64
