@@ -133,7 +133,10 @@ class TwoLayerStep:
             self._views = (key, views)
         return self._views[1]
 
-    def _run(self, x, t, lr, update, grads, label="grads", backward=True):
+    def _run(self, x, t, lr, update, grads, label="grads", backward=True, copies=False):
+        """The kernel call of every public method; returns the loss, or with ``copies``
+        (loss, hidden, probs) with copies of the step's forward state taken under the
+        lock (another thread's call may overwrite the buffers right after)."""
         x = checks.batch("x", x, min_ndim=2)
         n = x.shape[0]
         x = x.reshape(n, -1)
@@ -169,14 +172,14 @@ class TwoLayerStep:
             self.loss = dtype.type(loss)
             self.hidden, self.probs = z1, y
             self._used_sparse = max_nnz >= 0 and bool(nz[n] <= max_nnz)
-            return self.loss
+            return (self.loss, z1.copy(), y.copy()) if copies else self.loss
 
     @property
     def used_sparse(self):
         """Whether the last call took the sparse first layer (None before any call)."""
         return self._used_sparse
 
-    def gradient(self, x, t, reuse=True, out=None):
+    def gradient(self, x, t, reuse=True, out=None, forward=False):
         """{'W1', 'b1', 'W2', 'b2'} gradients of the loss of batch x[N, K] (or x[N, ...])
         with labels t (indices t[N] or one-hot t[N, C]); the loss is kept in ``self.loss``.
 
@@ -184,18 +187,22 @@ class TwoLayerStep:
         every call) and the next call overwrites them; ``reuse=False`` returns new arrays.
         ``out``: a dict of four writeable C-contiguous arrays of the params' shapes and
         dtype to write the gradients into instead (e.g. views into one flat buffer).
+        ``forward``: return (gradients, (loss, hidden, probs)), copies of this call's
+        forward state (safe when other threads share the step).
         """
         label = "grads" if out is None else "out"
         if out is None and not reuse:
             out = self._new_grads(_params(self.params))
         grads = None if out is None else {name: out[name] for name in PARAM_NAMES}
-        self._run(x, t, 0.0, False, grads, label)
-        return dict(grads if grads is not None else self._grads)
+        state = self._run(x, t, 0.0, False, grads, label, copies=forward)
+        grads = dict(grads if grads is not None else self._grads)
+        return (grads, state) if forward else grads
 
-    def loss_of(self, x, t):
+    def loss_of(self, x, t, forward=False):
         """The loss of batch (x, t) alone: the forward pass (``hidden``, ``probs`` as after
-        ``gradient``), no gradient is computed and ``grads`` are left as they were."""
-        return self._run(x, t, 0.0, False, None, backward=False)
+        ``gradient``), no gradient is computed and ``grads`` are left as they were.
+        ``forward``: return (loss, hidden, probs), copies as in ``gradient``."""
+        return self._run(x, t, 0.0, False, None, backward=False, copies=forward)
 
     def sgd_step(self, x, t, lr):
         """One SGD step on batch (x, t): every param -= lr * its gradient, in place.

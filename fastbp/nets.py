@@ -168,19 +168,18 @@ class TwoLayerNet(LayerNet):
         step = self.fused_step(x)
         if step is None:
             return super().loss(x, t)
-        step.loss_of(x, t)
-        self._adopt(step, x, t)
+        self._adopt(x, t, step.loss_of(x, t, forward=True))
         return self.lastLayer.loss
 
-    def _adopt(self, step, x, t, grads=None):
+    def _adopt(self, x, t, forward, grads=None):
         """Leave the layers as the book's forward (and, with ``grads``, backward) pass on
         batch (x, t) would: x, mask, y, loss, dW, db describe this batch, and each layer's
-        ``backward`` works on it (copies of the step's hidden activations and softmax)."""
-        hidden = step.hidden.copy()
+        ``backward`` works on it. ``forward``: (loss, hidden, probs) of the fused step."""
+        loss, hidden, probs = forward
         self.layers["Affine1"].adopt_forward(x)
         self.layers["Relu1"].mask = hidden <= 0
         self.layers["Affine2"].adopt_forward(hidden)
-        self.lastLayer.adopt_forward(step.probs.copy(), t, step.loss)
+        self.lastLayer.adopt_forward(probs, t, loss)
         if grads is not None:
             for i in (1, 2):
                 affine = self.layers[f"Affine{i}"]
@@ -196,8 +195,8 @@ class TwoLayerNet(LayerNet):
         step = self.fused_step(x)
         if step is None:
             return super().gradient(x, t)
-        grads = step.gradient(x, t, reuse=False)
-        self._adopt(step, x, t, grads)
+        grads, forward = step.gradient(x, t, reuse=False, forward=True)
+        self._adopt(x, t, forward, grads)
         return grads
 
 
