@@ -86,12 +86,12 @@ def directory(text):
 
 
 def image_path(text):
-    """argparse type: the absolute path of an image to write, checked to be writable now;
+    """argparse type: the path of an image to write (as given), checked to be writable now;
     no extension means PNG, and '.png' is added (as matplotlib would, so the path printed
     is the path written)."""
     from matplotlib.backend_bases import FigureCanvasBase
 
-    path = Path(text).expanduser().resolve()
+    path = Path(text).expanduser()
     if not path.suffix:
         path = path.with_name(path.name + ".png")
     formats = FigureCanvasBase.get_supported_filetypes()
