@@ -12,9 +12,7 @@ from numba.extending import register_jitable
 
 from fastbp.kernels.dispatch import FASTMATH, twin
 from fastbp.kernels.fastexp import fast_exp, typed
-
-# The book's guard against log(0) in cross_entropy_error.
-LOG_EPS = 1e-7
+from fastbp.reference import LOG_EPS  # the book's guard against log(0)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
