@@ -25,36 +25,33 @@ import types
 
 from numba import njit
 
-# Elements of the first argument at which the parallel build starts to win (2 cores).
-# Measured 2026-11-23 on an idle machine with ``fastbp bench --crossover`` (numba 0.68.1,
-# znver4, GNU OpenMP, NumPy/SciPy OpenBLAS with 2 threads): serial and parallel builds
-# timed alternately over 1K..4M elements, float32 and float64 (softmax with 10 classes);
-# each value is the smallest power of two where the parallel build is >= 1.05x the serial
-# one for both dtypes (float32 needs about twice the elements of float64: same bytes).
-# GEMM kernels (affine, the fused train step) count multiply-adds instead (N * K * M of
-# their largest product; ``blas.plan``): each thread runs its block on a private
-# single-threaded BLAS. Measured 2026-12-01 (idle, 2 cores): both blocks at once win from
-# about 128K multiply-adds (784x50 layer: batch 4; 50x10 layer: batch 256), 1.7-2x above.
-GEMM_WORK = 1 << 17
+# Size at which the parallel build starts to win (2 cores): elements of the first argument,
+# or for the GEMM kernels (affine, the fused train step; ``blas.plan``) multiply-adds, N * K
+# * M of their largest product (each thread then runs its block on a private
+# single-threaded BLAS). Measured 2026-12-01 on the idle 2-core machine with ``fastbp bench
+# --section crossover`` (docs/bench.json): serial and parallel builds timed in turn over
+# 1K..4M, float32 and float64; each value is the larger of the two dtypes' smallest size
+# from which the parallel build wins at every larger size (the bench's
+# ``measured_crossover``, the same rule).
 NEVER = math.inf
 CROSSOVER = {
-    "affine_forward": GEMM_WORK,
-    "affine_backward": GEMM_WORK,
-    "relu_forward": 1 << 16,
+    "affine_forward": 1 << 20,
+    "affine_backward": 1 << 17,
+    "relu_forward": 1 << 15,
     "relu_backward": 1 << 16,
-    "sigmoid_forward": 1 << 15,
+    "sigmoid_forward": 1 << 13,
     "sigmoid_backward": 1 << 15,
-    "softmax_ce_forward": 1 << 12,
-    "softmax_ce_backward": 1 << 15,
+    "softmax_ce_forward": 1 << 11,
+    "softmax_ce_backward": 1 << 14,
     "sgd_update": 1 << 15,
-    "momentum_update": 1 << 14,
-    "adagrad_update": 1 << 15,
-    "adam_update": 1 << 14,
-    "train_step": GEMM_WORK,
+    "momentum_update": 1 << 15,
+    "adagrad_update": 1 << 13,
+    "adam_update": 1 << 13,
+    "train_step": 1 << 20,
     # Chapters 6-8 (issue 11): first estimates on the busy 2-core machine, to be measured
     # with ``fastbp bench --crossover``; the convolutions in multiply-adds, as the GEMMs.
-    "conv_forward": GEMM_WORK,
-    "conv_backward": GEMM_WORK,
+    "conv_forward": 1 << 17,
+    "conv_backward": 1 << 17,
     "im2col": 1 << 16,
     "col2im": 1 << 16,
     "maxpool_forward": 1 << 15,

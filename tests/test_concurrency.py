@@ -48,7 +48,8 @@ def test_one_thread_and_two_threads_agree(tmp_path):
             results[threads] = dict(data)
     assert results[1].keys() == results[2].keys()
     for key, one in results[1].items():
-        rtol = 1e-5 if one.dtype == np.float32 else 1e-12
+        # Column sums over thousands of rows, added up in another order with 2 threads.
+        rtol = 1e-4 if one.dtype == np.float32 else 1e-12
         np.testing.assert_allclose(results[2][key], one, rtol=rtol, atol=rtol, err_msg=key)
 
 
