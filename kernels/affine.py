@@ -8,39 +8,13 @@ and checked by the caller (``fastbp.layers.Affine``).
 """
 
 import numpy as np
-from numba import prange, types
-from numba.extending import overload
+from numba import prange
 
-from fastbp.kernels.blas import block_of, gemm, plan
+from fastbp.kernels.blas import block_of, gemm, plan, rows_in_dtype, sum_blocks
 from fastbp.kernels.dispatch import twin
 
 # Rows of x cast at a time into a block's scratch rows (float32 images, float64 weights).
 CAST_ROWS = 128
-
-
-def rows_in_dtype(x, xw, lo, hi, at):
-    """Rows lo:hi of x in W's dtype: x's own rows when xw is None, else copied (cast) into
-    xw[at : at + hi - lo]. (Compiled, the choice is made by xw's type.)"""
-    if xw is None:
-        return x[lo:hi]
-    rows = xw[at : at + hi - lo]
-    rows[:] = x[lo:hi]
-    return rows
-
-
-@overload(rows_in_dtype, jit_options={"nogil": True})
-def _rows_in_dtype(x, xw, lo, hi, at):
-    if isinstance(xw, types.NoneType):
-        return lambda x, xw, lo, hi, at: x[lo:hi]
-
-    def impl(x, xw, lo, hi, at):
-        rows = xw[at : at + hi - lo]
-        for i in range(lo, hi):
-            for j in range(x.shape[1]):
-                rows[i - lo, j] = x[i, j]
-        return rows
-
-    return impl
 
 
 @twin
@@ -81,11 +55,7 @@ def affine_backward(dout, x, W, dx, dW, db, need_dx, dbp, own):
         for i in range(lo, hi):
             for j in range(m):
                 dbp[p, j] += dout[i, j]
-    for j in range(m):
-        db[j] = dbp[0, j]
-    for p in range(1, blocks):
-        for j in range(m):
-            db[j] += dbp[p, j]
+    sum_blocks(dbp, db)
 
 
 def forward(out, x, W, b):

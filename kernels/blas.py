@@ -242,3 +242,39 @@ def plan(kernel, size):
         return kernel.serial, 1, False
     build = kernel.pick(size)
     return build, threads if build is kernel.parallel else 1, True
+
+
+@njit(inline="always", cache=True, nogil=True)
+def sum_blocks(parts, out):
+    """out[M] = parts[P, M] summed over the P blocks, in block order (loops: inside a
+    parallel build an array expression would be a parallel region of its own)."""
+    for j in range(out.size):
+        out[j] = parts[0, j]
+    for p in range(1, parts.shape[0]):
+        for j in range(out.size):
+            out[j] += parts[p, j]
+
+
+def rows_in_dtype(x, xw, lo, hi, at):
+    """Rows lo:hi of x as a GEMM operand: x's own rows when xw is None, else copied (cast
+    to xw's dtype) into xw[at : at + hi - lo]. (Compiled, xw's type makes the choice.)"""
+    if xw is None:
+        return x[lo:hi]
+    rows = xw[at : at + hi - lo]
+    rows[:] = x[lo:hi]
+    return rows
+
+
+@overload(rows_in_dtype, jit_options={"nogil": True})
+def _rows_in_dtype(x, xw, lo, hi, at):
+    if isinstance(xw, types.NoneType):
+        return lambda x, xw, lo, hi, at: x[lo:hi]
+
+    def impl(x, xw, lo, hi, at):
+        rows = xw[at : at + hi - lo]
+        for i in range(lo, hi):
+            for j in range(x.shape[1]):
+                rows[i - lo, j] = x[i, j]
+        return rows
+
+    return impl

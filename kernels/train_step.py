@@ -33,7 +33,7 @@ arrays are C-contiguous; the labels t[N] are class indices (intp) in [0, C), val
 import numpy as np
 from numba import njit, prange
 
-from fastbp.kernels.blas import block_of, gemm
+from fastbp.kernels.blas import block_of, gemm, rows_in_dtype, sum_blocks
 from fastbp.kernels.dispatch import FASTMATH, twin
 from fastbp.kernels.softmax_ce import LOG_EPS, softmax_row
 
@@ -131,11 +131,8 @@ def first_layer(x, xw, cast, W1, b1, sparse, nz, z1, lo, hi, own):
             end = record_row(x, i, cols, start)
             combine_rows(W1, x, i, True, cols, start, end, z1)
     else:
-        if cast:
-            for i in range(lo, hi):
-                for j in range(k):
-                    xw[i, j] = x[i, j]
-        gemm(xw[lo:hi], W1, z1[lo:hi], False, False, own)
+        rows = rows_in_dtype(x, xw, lo, hi, lo) if cast else xw[lo:hi]
+        gemm(rows, W1, z1[lo:hi], False, False, own)
     for i in range(lo, hi):
         for j in range(z1.shape[1]):
             v = z1[i, j] + b1[j]
@@ -182,11 +179,11 @@ def train_step(
     z1, y, dy, dz1, dW1, db1, dW2, db2, dW2p, db1p, db2p, lossp, own, backward,
 ):  # fmt: skip
     """Loss of the batch (only that, and z1, y, dy, unless ``backward``); gradients into
-    dW1, db1, dW2, db2 (and params -= lr * grads if
-    ``update``; then the sparse path skips the dW1 rows of all-zero columns of x, as the
-    update does). z1[N, H], y[N, C], dy[N, C], dz1[N, H] end as the hidden activations,
-    the softmax output, dLoss/dlogits and dLoss/dz1; dW2p[P, H, C], db1p[P, H],
-    db2p[P, C], lossp[P] are the blocks' partial sums. ``own``: the GEMMs on the private
+    dW1, db1, dW2, db2 (and params -= lr * grads if ``update``; then the sparse path skips
+    the dW1 rows of all-zero columns of x, as the update does). z1[N, H], y[N, C],
+    dy[N, C], dz1[N, H] end as the hidden activations, the softmax output, dLoss/dlogits
+    and dLoss/dz1; dW2p[P, H, C], db1p[P, H], db2p[P, C], lossp[P] are the blocks' partial
+    sums. ``own``: the GEMMs on the private
     single-threaded BLAS (``blas.plan``)."""
     n, k = x.shape
     blocks = dW2p.shape[0]
@@ -208,10 +205,10 @@ def train_step(
         lossp[p] = output_layer(
             t, W2, b2, z1, y, dy, dz1, dW2p[p], db1p[p], db2p[p], lo, hi, scale, own, backward
         )
+    loss = 0.0
+    for p in range(blocks):
+        loss += lossp[p]
     if not backward:
-        loss = 0.0
-        for p in range(blocks):
-            loss += lossp[p]
         return loss / n
     if sparse:
         transpose_nonzeros(rowptr, cols, colptr, rows)
@@ -229,19 +226,10 @@ def train_step(
                 if not sparse or colptr[r + 1] > colptr[r]:
                     for j in range(W1.shape[1]):
                         W1[r, j] -= lr * dW1[r, j]
-    # Summed block by block in a fixed order (loops, not array expressions: in the
-    # parallel build each of those would be a parallel region of its own).
     h, c = W2.shape
-    loss = 0.0
-    for p in range(blocks):
-        first = p == 0
-        for r in range(h):
-            for j in range(c):
-                dW2[r, j] = (0 if first else dW2[r, j]) + dW2p[p, r, j]
-            db1[r] = (0 if first else db1[r]) + db1p[p, r]
-        for j in range(c):
-            db2[j] = (0 if first else db2[j]) + db2p[p, j]
-        loss += lossp[p]
+    sum_blocks(dW2p.reshape((blocks, h * c)), dW2.reshape(h * c))
+    sum_blocks(db1p, db1)
+    sum_blocks(db2p, db2)
     if update:
         for r in range(h):
             for j in range(c):
