@@ -33,14 +33,17 @@ from fastbp.kernels.train_step import train_step
 
 PARAM_NAMES = ("W1", "b1", "W2", "b2")
 SPARSE_CHOICES = ("auto", True, False)
+DENSITY = {np.dtype(name): fraction for name, fraction in SPARSE_DENSITY.items()}
 
 
-def _params(params):
-    """The four params read once from ``params``, checked: one float dtype, consistent
-    shapes, C-contiguous and writeable."""
-    W1, b1, W2, b2 = (params[name] for name in PARAM_NAMES)
-    for name, p in zip(PARAM_NAMES, (W1, b1, W2, b2), strict=True):
+def _params(arrays):
+    """The four params (``arrays``: W1, b1, W2, b2 read once from the params dict) as
+    checked views: one float dtype, consistent shapes, C-contiguous and writeable."""
+    W1, b1, W2, b2 = (
         checks.updatable(name, p, ndim=2 if name[0] == "W" else 1)
+        for name, p in zip(PARAM_NAMES, arrays, strict=True)
+    )
+    for name, p in zip(PARAM_NAMES[1:], (b1, W2, b2), strict=True):
         if p.dtype != W1.dtype:
             raise TypeError(f"{name} has dtype {p.dtype}, expected {W1.dtype} like W1")
     h, c = W1.shape[1], W2.shape[1]
@@ -49,15 +52,24 @@ def _params(params):
     return W1, b1, W2, b2
 
 
+def _read(params):
+    """(W1, b1, W2, b2) as they are in the dict ``params`` now."""
+    return tuple(params[name] for name in PARAM_NAMES)
+
+
 def _sparse(sparse):
     if not any(sparse is choice or sparse == choice for choice in SPARSE_CHOICES):
         raise ValueError(f"sparse must be 'auto', True or False, got {sparse!r}")
     return sparse if isinstance(sparse, str) else bool(sparse)
 
 
-def _grad_buffers(grads, params, label):
+def _grad_buffers(grads, params, label, disjoint=()):
     """The four gradient arrays read once from ``grads`` (called ``label`` in errors),
-    checked against the params."""
+    checked against the params.
+
+    ``disjoint``: arrays known not to share memory with any array (new ones, or the
+    same objects as in a call that checked them: an ndarray's memory never moves), for
+    which the overlap check is skipped."""
     out = []
     for name, p in zip(PARAM_NAMES, params, strict=True):
         g = grads[name]
@@ -65,7 +77,8 @@ def _grad_buffers(grads, params, label):
             raise ValueError(f"{label}[{name!r}] must be a {p.dtype} array of shape {p.shape}")
         if not (g.flags.c_contiguous and g.flags.writeable and g.dtype.isnative):
             raise ValueError(f"{label}[{name!r}] must be writeable and C-contiguous")
-        if any(np.may_share_memory(g, q) for q in params):
+        known = any(g is d for d in disjoint)
+        if not known and any(np.may_share_memory(g, q) for q in params):
             raise ValueError(f"{label}[{name!r}] must not share memory with a parameter")
         out.append(g)
     return out
@@ -82,7 +95,7 @@ class TwoLayerStep:
 
     def __init__(self, W1, b1, W2, b2, sparse="auto"):
         self.params = dict(zip(PARAM_NAMES, (W1, b1, W2, b2), strict=True))
-        _params(self.params)
+        _params(_read(self.params))
         self.sparse = _sparse(sparse)
         self.loss = None
         self.hidden = None
@@ -91,6 +104,7 @@ class TwoLayerStep:
         self._work = {}  # name -> reused work buffer (grown, never shrunk)
         self._views = None  # (sizes, views into _work) of the last call
         self._used_sparse = None
+        self._disjoint = ((), ())  # (params, grads) last checked not to share memory
         self._lock = threading.Lock()
 
     @classmethod
@@ -103,7 +117,7 @@ class TwoLayerStep:
         """The reused gradient buffers {'W1', 'b1', 'W2', 'b2'} (params' shapes and dtype)."""
         with self._lock:
             if self._grads is None:
-                self._grads = self._new_grads(_params(self.params))
+                self._grads = self._new_grads(_params(_read(self.params)))
             return self._grads
 
     @staticmethod
@@ -134,14 +148,17 @@ class TwoLayerStep:
         return self._views[1]
 
     def _run(self, x, t, lr, update, grads, label="grads", backward=True, copies=False):
-        """The kernel call of every public method; returns the loss, or with ``copies``
-        (loss, hidden, probs) with copies of the step's forward state taken under the
-        lock (another thread's call may overwrite the buffers right after)."""
+        """The kernel call of every public method; returns (the loss, or with ``copies``
+        (loss, hidden, probs, labels): copies of the step's forward state taken under the
+        lock, as another thread's call may overwrite the buffers right after, and the
+        checked labels; the gradient arrays written). ``grads``: None (this object's
+        buffers), "new" (new arrays) or a dict of four arrays to write the gradients into."""
         x = checks.batch("x", x, min_ndim=2)
         n = x.shape[0]
         x = x.reshape(n, -1)
         with self._lock:
-            params = _params(self.params)
+            arrays = _read(self.params)
+            params = _params(arrays)
             sparse = _sparse(self.sparse)
             W1, b1, W2, b2 = params
             dtype = W1.dtype
@@ -151,15 +168,10 @@ class TwoLayerStep:
             x = checks.computable(x, None)
             if not x.flags.writeable:  # the kernel's one signature takes writeable arrays
                 x = x.copy()
-            t = checks.labels(t, n, c, dtype)
-            if t.ndim == 2:  # checked one-hot: the kernel reads class indices
-                t = t.argmax(axis=1)
-            if grads is None:
-                if self._grads is None:
-                    self._grads = self._new_grads(params)
-                grads = self._grads
-            g = _grad_buffers(grads, params, label)
-            max_nnz = int(SPARSE_DENSITY[dtype.name] * n * k) if sparse == "auto" else -1
+            labels = checks.labels(t, n, c, dtype)
+            t = labels.argmax(axis=1) if labels.ndim == 2 else labels  # the kernel's indices
+            g = self._grad_arrays(grads, arrays, params, label)
+            max_nnz = int(DENSITY[dtype] * n * k) if sparse == "auto" else -1
             if sparse is True:
                 max_nnz = n * k
             build, blocks, own = plan(train_step, x.size * h)
@@ -172,7 +184,24 @@ class TwoLayerStep:
             self.loss = dtype.type(loss)
             self.hidden, self.probs = z1, y
             self._used_sparse = max_nnz >= 0 and bool(nz[n] <= max_nnz)
-            return (self.loss, z1.copy(), y.copy()) if copies else self.loss
+            result = (self.loss, z1.copy(), y.copy(), labels) if copies else self.loss
+            return result, dict(zip(PARAM_NAMES, g, strict=True))
+
+    def _grad_arrays(self, grads, arrays, params, label):
+        """The checked gradient arrays of a call (see ``_run``); ``arrays`` are the
+        params as read from the dict. Arrays found disjoint from those same params are
+        remembered, so a run of calls on the same arrays checks overlaps once."""
+        if isinstance(grads, str):  # "new": made here like the params, so nothing to check
+            return [np.empty_like(p) for p in params]
+        if grads is None:
+            if self._grads is None:
+                self._grads = self._new_grads(params)
+            grads = self._grads
+        held_arrays, held_grads = self._disjoint
+        same = bool(held_arrays) and all(a is b for a, b in zip(arrays, held_arrays, strict=True))
+        g = _grad_buffers(grads, params, label, disjoint=held_grads if same else ())
+        self._disjoint = (arrays, tuple(g))
+        return g
 
     @property
     def used_sparse(self):
@@ -187,26 +216,26 @@ class TwoLayerStep:
         every call) and the next call overwrites them; ``reuse=False`` returns new arrays.
         ``out``: a dict of four writeable C-contiguous arrays of the params' shapes and
         dtype to write the gradients into instead (e.g. views into one flat buffer).
-        ``forward``: return (gradients, (loss, hidden, probs)), copies of this call's
-        forward state (safe when other threads share the step).
+        ``forward``: return (gradients, (loss, hidden, probs, labels)): copies of this
+        call's forward state (safe when other threads share the step) and the labels as
+        checked (``fastbp.checks.labels``).
         """
         label = "grads" if out is None else "out"
-        if out is None and not reuse:
-            out = self._new_grads(_params(self.params))
-        grads = None if out is None else {name: out[name] for name in PARAM_NAMES}
-        state = self._run(x, t, 0.0, False, grads, label, copies=forward)
-        grads = dict(grads if grads is not None else self._grads)
+        grads = None if reuse else "new"
+        if out is not None:
+            grads = {name: out[name] for name in PARAM_NAMES}
+        state, grads = self._run(x, t, 0.0, False, grads, label, copies=forward)
         return (grads, state) if forward else grads
 
     def loss_of(self, x, t, forward=False):
         """The loss of batch (x, t) alone: the forward pass (``hidden``, ``probs`` as after
         ``gradient``), no gradient is computed and ``grads`` are left as they were.
-        ``forward``: return (loss, hidden, probs), copies as in ``gradient``."""
-        return self._run(x, t, 0.0, False, None, backward=False, copies=forward)
+        ``forward``: return (loss, hidden, probs, labels), as in ``gradient``."""
+        return self._run(x, t, 0.0, False, None, backward=False, copies=forward)[0]
 
     def sgd_step(self, x, t, lr):
         """One SGD step on batch (x, t): every param -= lr * its gradient, in place.
         Returns the loss of the batch before the update. ``grads`` is scratch space here
         (the sparse path skips the W1 rows it does not update): call ``gradient`` for them."""
         lr = checks.scalar("lr", lr)
-        return self._run(x, t, lr, True, None)
+        return self._run(x, t, lr, True, None)[0]

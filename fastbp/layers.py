@@ -225,10 +225,10 @@ class SoftmaxWithLoss:
         self.t, self.loss, self.y = given_t, loss, y.reshape(shape)
         return loss
 
-    def adopt_forward(self, y, t, loss):
+    def adopt_forward(self, y, t, loss, labels):
         """Record softmax output y[N, C] (a new array), labels t and their loss of a
-        forward pass computed elsewhere (the fused step), as ``forward`` would."""
-        labels = checks.labels(checks.frozen(t), *y.shape, y.dtype)
+        forward pass computed elsewhere (the fused step), as ``forward`` would;
+        ``labels``: t as ``checks.labels`` returned it for y."""
         self._forward = (y.shape, labels, y)
         self.t, self.loss, self.y = t, loss, y
 

@@ -174,12 +174,13 @@ class TwoLayerNet(LayerNet):
     def _adopt(self, x, t, forward, grads=None):
         """Leave the layers as the book's forward (and, with ``grads``, backward) pass on
         batch (x, t) would: x, mask, y, loss, dW, db describe this batch, and each layer's
-        ``backward`` works on it. ``forward``: (loss, hidden, probs) of the fused step."""
-        loss, hidden, probs = forward
+        ``backward`` works on it. ``forward``: (loss, hidden, probs, checked labels) of the
+        fused step."""
+        loss, hidden, probs, labels = forward
         self.layers["Affine1"].adopt_forward(x)
         self.layers["Relu1"].mask = hidden <= 0
         self.layers["Affine2"].adopt_forward(hidden)
-        self.lastLayer.adopt_forward(probs, t, loss)
+        self.lastLayer.adopt_forward(probs, t, loss, labels)
         if grads is not None:
             for i in (1, 2):
                 affine = self.layers[f"Affine{i}"]
