@@ -111,7 +111,7 @@ LADDER_TRAIN_HIDDEN = 100
 # multiply-adds (N = n // (K * M): the GEMM kernels' size in CROSSOVER); softmax_ce over
 # n // C rows of C classes.
 LADDER_K, LADDER_M = 50, 100
-LADDER_KERNELS = (*benchcases.CORE_KERNELS, *benchcases.UPDATE_ARGS, "train_step")
+LADDER_KERNELS = (*benchcases.CORE_KERNELS, *benchcases.UPDATE_ARGS, "two_layer_step")
 
 
 # -- timing ----------------------------------------------------------------------------
@@ -454,7 +454,7 @@ def _on_path(path, fn):
 def ladder_pair(name, n, dtype):
     """(serial, parallel) callables running kernel ``name`` with ``n`` elements in its
     first argument; the fused train step goes through ``fastbp.fused`` with a forced path."""
-    if name == "train_step":
+    if name == "two_layer_step":
         batch = n // (benchcases.INPUT_SIZE * LADDER_TRAIN_HIDDEN)  # multiply-adds
         x, t = benchcases.train_batch(max(1, batch), dtype)
         params = benchcases.two_layer_params(LADDER_TRAIN_HIDDEN, dtype)

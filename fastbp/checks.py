@@ -93,7 +93,7 @@ def same_shape(name, a, expected_name, shape):
         raise ValueError(f"{name} has shape {a.shape}, expected {shape} like {expected_name}")
 
 
-def computable(a, dtype):
+def c_array(a, dtype):
     """``a`` as a C-contiguous array of ``dtype`` (no copy when it already is one).
 
     Unlike ``np.ascontiguousarray``, a 0-d array stays 0-d.
@@ -190,4 +190,4 @@ def state(layer, name, value, dtypes):
             f"{type(layer).__name__}.{name} has dtype {a.dtype}; backward needs "
             f"{' or '.join(d.name for d in dtypes)} (as forward sets it)"
         )
-    return computable(a, None)
+    return c_array(a, None)

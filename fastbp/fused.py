@@ -1,4 +1,4 @@
-"""The two-layer net's whole train step as one compiled call (``kernels/train_step.py``).
+"""The two-layer net's whole train step as one compiled call (``kernels/two_layer_step.py``).
 
 ``TwoLayerStep(W1, b1, W2, b2)`` computes the loss and gradients of
 Affine -> ReLU -> Affine -> SoftmaxWithLoss, or the loss and an in-place SGD update, in a
@@ -29,7 +29,7 @@ import numpy as np
 from fastbp import checks
 from fastbp.kernels.blas import plan
 from fastbp.kernels.dispatch import SPARSE_DENSITY
-from fastbp.kernels.train_step import train_step
+from fastbp.kernels.two_layer_step import two_layer_step
 
 PARAM_NAMES = ("W1", "b1", "W2", "b2")
 SPARSE_CHOICES = ("auto", True, False)
@@ -165,7 +165,7 @@ class TwoLayerStep:
             (k, h), c = W1.shape, W2.shape[1]
             if x.shape[1] != k:
                 raise ValueError(f"x has {x.shape[1]} features per sample, but W1 expects {k}")
-            x = checks.computable(x, None)
+            x = checks.c_array(x, None)
             if not x.flags.writeable:  # the kernel's one signature takes writeable arrays
                 x = x.copy()
             labels = checks.labels(t, n, c, dtype)
@@ -174,7 +174,7 @@ class TwoLayerStep:
             max_nnz = int(DENSITY[dtype] * n * k) if sparse == "auto" else -1
             if sparse is True:
                 max_nnz = n * k
-            build, blocks, own = plan(train_step, x.size * h)
+            build, blocks, own = plan(two_layer_step, x.size * h)
             cast = x.dtype != dtype
             xw, nz, z1, y, dy, dz1, *parts = self._buffers(n, k, h, c, dtype, blocks, cast, max_nnz)
             loss = build(

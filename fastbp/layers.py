@@ -72,7 +72,7 @@ class Relu:
         self.mask = None
 
     def forward(self, x):
-        x = checks.computable(checks.float_array("x", x), None)
+        x = checks.c_array(checks.float_array("x", x), None)
         out = np.empty(x.shape, x.dtype)
         mask = np.empty(x.shape, np.bool_)
         relu_forward(_flat(x), _flat(out), _flat(mask))
@@ -83,7 +83,7 @@ class Relu:
         mask = checks.state(self, "mask", self.mask, (np.dtype(np.bool_),))
         dout = checks.float_array("dout", dout)
         checks.same_shape("dout", dout, "the forward input", mask.shape)
-        dout = checks.computable(dout, None)
+        dout = checks.c_array(dout, None)
         dx = np.empty(dout.shape, dout.dtype)
         relu_backward(_flat(dout), _flat(mask), _flat(dx))
         return dx
@@ -96,7 +96,7 @@ class Sigmoid:
         self.out = None
 
     def forward(self, x):
-        x = checks.computable(checks.float_array("x", x), None)
+        x = checks.c_array(checks.float_array("x", x), None)
         out = np.empty(x.shape, x.dtype)
         sigmoid_forward(_flat(x), _flat(out))
         self.out = out
@@ -106,7 +106,7 @@ class Sigmoid:
         out = checks.state(self, "out", self.out, checks.FLOAT_DTYPES)
         dout = checks.float_array("dout", dout)
         checks.same_shape("dout", dout, "the forward output", out.shape)
-        dout = checks.computable(dout, None)
+        dout = checks.c_array(dout, None)
         dx = np.empty(dout.shape, np.result_type(dout, out))
         sigmoid_backward(_flat(dout), _flat(out), _flat(dx))
         return dx
@@ -150,8 +150,8 @@ class Affine:
                 f"but W expects {W.shape[0]} (W shape {W.shape})"
             )
         dtype = np.result_type(flat, W, b)
-        W, b = checks.computable(W, dtype), checks.computable(b, dtype)
-        x2 = checks.computable(flat, None)  # a float32 x is cast by rows in the kernel
+        W, b = checks.c_array(W, dtype), checks.c_array(b, dtype)
+        x2 = checks.c_array(flat, None)  # a float32 x is cast by rows in the kernel
         out = np.empty((x2.shape[0], W.shape[1]), dtype)
         affine_forward(out, x2, W, b)
         # State changes only after validation, so a rejected x leaves backward consistent.
@@ -164,7 +164,7 @@ class Affine:
         step of ``fastbp.nets.TwoLayerNet``), as ``forward(x)`` would (x, backward)."""
         x = checks.frozen(x)
         flat = x.reshape(x.shape[0], -1)
-        self._forward = (x.shape, flat.dtype, checks.computable(flat, None))
+        self._forward = (x.shape, flat.dtype, checks.c_array(flat, None))
         self.original_x_shape, self.x = x.shape, flat
 
     def backward(self, dout):
@@ -179,9 +179,9 @@ class Affine:
         checks.same_shape("dout", dout, "the forward output", (n, m))
         # x2 is x in its own dtype (forward cast it by rows); cast here for the GEMMs.
         dtype = np.result_type(dout, x_dtype, W_given)
-        W = checks.computable(W_given, dtype)
-        x = checks.computable(x2, dtype)
-        d = checks.computable(dout, dtype)
+        W = checks.c_array(W_given, dtype)
+        x = checks.c_array(x2, dtype)
+        d = checks.c_array(dout, dtype)
         dx = np.empty((n, k), dtype)
         dW = np.empty((k, m), dtype)
         db = np.empty(m, dtype)
@@ -217,7 +217,7 @@ class SoftmaxWithLoss:
         if x.ndim != 2:
             raise ValueError(f"x must be 1-D or 2-D logits, got shape {x.shape}")
         t = checks.labels(t, *x.shape, x.dtype)
-        x = checks.computable(x, None)
+        x = checks.c_array(x, None)
         y = np.empty(x.shape, x.dtype)
         loss = x.dtype.type(softmax_ce_forward(x, t, y))
         # State changes only after validation, so rejected labels leave backward consistent.
@@ -267,7 +267,7 @@ class Dropout:
         self.mask = None
 
     def forward(self, x, train_flg=True):
-        x = checks.computable(checks.float_array("x", x), None)
+        x = checks.c_array(checks.float_array("x", x), None)
         ratio = checks.scalar("dropout_ratio", self.dropout_ratio)
         if not train_flg:
             return x * (1.0 - ratio)
@@ -282,7 +282,7 @@ class Dropout:
         checks.after_forward(self, self.mask)
         dout = checks.float_array("dout", dout)
         checks.same_shape("dout", dout, "the training forward input", self.mask.shape)
-        dout = checks.computable(dout, None)
+        dout = checks.c_array(dout, None)
         dx = np.empty(dout.shape, dout.dtype)
         dropout_backward(_flat(dout), _flat(self.mask), _flat(dx))
         return dx
@@ -341,7 +341,7 @@ class BatchNormalization:
     def _train(self, x, gamma, beta, momentum):
         n, d = x.shape
         dtype = np.result_type(x, gamma, beta)
-        x, gamma, beta = (checks.computable(a, dtype) for a in (x, gamma, beta))
+        x, gamma, beta = (checks.c_array(a, dtype) for a in (x, gamma, beta))
         out, xc, xn = (np.empty((n, d), dtype) for _ in range(3))
         mu, var, std = (np.empty(d, dtype) for _ in range(3))
         batchnorm_forward(x, gamma, beta, dtype.type(BN_EPS), out, xc, xn, mu, var, std)
@@ -357,8 +357,8 @@ class BatchNormalization:
         mean = _vector("running_mean", self.running_mean, d)
         var = _vector("running_var", self.running_var, d)
         dtype = np.result_type(x, gamma, beta, mean, var)
-        std = np.sqrt(checks.computable(var, dtype) + dtype.type(BN_EPS))
-        x, gamma, beta, mean = (checks.computable(a, dtype) for a in (x, gamma, beta, mean))
+        std = np.sqrt(checks.c_array(var, dtype) + dtype.type(BN_EPS))
+        x, gamma, beta, mean = (checks.c_array(a, dtype) for a in (x, gamma, beta, mean))
         out = np.empty(x.shape, dtype)
         batchnorm_inference(x, gamma, beta, mean, std, out)
         return out
@@ -371,7 +371,7 @@ class BatchNormalization:
         gamma = _vector("gamma", self.gamma, d)
         dtype = np.result_type(dout, self.xn, gamma)
         arrays = (dout.reshape(n, d), gamma, self.xc, self.xn, self.std)
-        dout, gamma, xc, xn, std = (checks.computable(a, dtype) for a in arrays)
+        dout, gamma, xc, xn, std = (checks.c_array(a, dtype) for a in arrays)
         dx = np.empty((n, d), dtype)
         dgamma, dbeta, dvar, dmu = (np.empty(d, dtype) for _ in range(4))
         batchnorm_backward(dout, gamma, xc, xn, std, dx, dgamma, dbeta, dvar, dmu)
@@ -431,9 +431,9 @@ class Convolution:
         geometry = util.window_geometry(x.shape, fh, fw, self.stride, self.pad)
         _, _, stride, pad, oh, ow = geometry
         dtype = util.image_dtype(x, W, b)
-        images = checks.computable(x, x.dtype if x.dtype in checks.FLOAT_DTYPES else dtype)
-        Wm = checks.computable(W.reshape(fn, -1), dtype)
-        b = checks.computable(b, dtype)
+        images = checks.c_array(x, x.dtype if x.dtype in checks.FLOAT_DTYPES else dtype)
+        Wm = checks.c_array(W.reshape(fn, -1), dtype)
+        b = checks.c_array(b, dtype)
         n = x.shape[0]
         col = _scratch(self._col, (n, Wm.shape[1], oh * ow), dtype)
         out = np.empty((n, fn, oh * ow), dtype)
@@ -449,9 +449,9 @@ class Convolution:
         dout = checks.float_array("dout", dout)
         checks.same_shape("dout", dout, "the forward output", (n, fn, oh, ow))
         dtype = np.result_type(dout, self._col)
-        d = checks.computable(dout, dtype).reshape(n, fn, oh * ow)
-        col = checks.computable(self._col, dtype)
-        Wm = checks.computable(W.reshape(fn, -1), dtype)
+        d = checks.c_array(dout, dtype).reshape(n, fn, oh * ow)
+        col = checks.c_array(self._col, dtype)
+        Wm = checks.c_array(W.reshape(fn, -1), dtype)
         k = Wm.shape[1]
         dx, dW, db = np.empty(x_shape, dtype), np.empty((fn, k), dtype), np.empty(fn, dtype)
         conv_backward(d, Wm, col, dx, dW, db, fh, fw, stride, pad, oh, ow, True)
@@ -486,7 +486,7 @@ class Pooling:
         geometry = util.window_geometry(x.shape, self.pool_h, self.pool_w, self.stride, self.pad)
         ph, pw, stride, pad, oh, ow = geometry
         n, c, h, w = x.shape
-        planes = checks.computable(x, util.image_dtype(x)).reshape(n * c, h, w)
+        planes = checks.c_array(x, util.image_dtype(x)).reshape(n * c, h, w)
         out = np.empty((n * c, oh, ow), planes.dtype)
         arg = _scratch(self._arg, (n * c, oh, ow), np.int64)
         if ph == pw == 2 and pad == 0:
@@ -501,7 +501,7 @@ class Pooling:
         (n, c, h, w), (ph, pw, stride, pad, oh, ow) = self._forward
         dout = checks.float_array("dout", dout)
         checks.same_shape("dout", dout, "the forward output", (n, c, oh, ow))
-        d = checks.computable(dout, None).reshape(n * c, oh, ow)
+        d = checks.c_array(dout, None).reshape(n * c, oh, ow)
         dx = np.empty((n * c, h, w), d.dtype)
         maxpool_backward(d, self._arg, dx, ph, pw, stride, pad)
         return dx.reshape(n, c, h, w)

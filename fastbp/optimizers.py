@@ -158,7 +158,7 @@ class Optimizer:
                     getattr(self, name)[key] = new
             if np.may_share_memory(p, g):
                 g = g.copy()
-            g = checks.computable(g, None)
+            g = checks.c_array(g, None)
             self._update(p.reshape(-1), g.reshape(-1), *(work.reshape(-1) for work, _, _ in plan))
             for work, _, target in plan:
                 if target is not None:

@@ -76,7 +76,7 @@ def im2col(input_data, filter_h, filter_w, stride=1, pad=0):
     fh, fw, stride, pad, oh, ow = window_geometry(x.shape, filter_h, filter_w, stride, pad)
     n, c = x.shape[:2]
     col = np.empty((n, c * fh * fw, oh * ow), dtype)
-    im2col_kernel(checks.computable(x, dtype), col, fh, fw, stride, pad, oh, ow)
+    im2col_kernel(checks.c_array(x, dtype), col, fh, fw, stride, pad, oh, ow)
     return col.transpose(0, 2, 1).reshape(n * oh * ow, c * fh * fw)
 
 

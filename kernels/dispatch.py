@@ -47,7 +47,7 @@ CROSSOVER = {
     "momentum_update": 1 << 15,
     "adagrad_update": 1 << 13,
     "adam_update": 1 << 13,
-    "train_step": 1 << 20,
+    "two_layer_step": 1 << 20,
     # Chapters 6-8 (issue 11): first estimates on the busy 2-core machine, to be measured
     # with ``fastbp bench --crossover``; the convolutions in multiply-adds, as the GEMMs.
     "conv_forward": 1 << 17,

@@ -52,7 +52,7 @@ def softmax_row(x, i, y):
     """y[i, :] = softmax(x[i, :]) in x's dtype, max subtracted first (y may be x itself).
 
     Four passes (max, exp, ``row_sum``, scale); the same bits in every build, compiled or
-    loaded from the cache. Shared with kernels/train_step.py.
+    loaded from the cache. Shared with kernels/two_layer_step.py.
     """
     c = x.shape[1]
     row_max = x[i, 0]

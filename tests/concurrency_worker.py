@@ -9,7 +9,9 @@ A scenario prints "OK ..." and exits 0 when every check passes; any failure rais
 """
 
 import multiprocessing
+import os
 import sys
+import tempfile
 import threading
 
 import numba
@@ -92,6 +94,17 @@ def child(task):
         return run_float64(seed), relu_forward.pick(ROWS * COLS) is relu_forward.parallel
 
 
+def checked_child(task):
+    """``child`` in a pool worker, its results compared there with the parent's (from
+    the .npz file ``task[2]``: hundreds of MB would otherwise go back through a pipe);
+    returns the path flag."""
+    path, seed, expected_file = task
+    got, parallel = child((path, seed))
+    with np.load(expected_file) as expected:
+        assert_close(got, dict(expected), f"{multiprocessing.current_process().name}")
+    return parallel
+
+
 def run_float64(seed):
     return compute_all(seed, (np.float64,))
 
@@ -102,12 +115,12 @@ def pool(method):
         expected = run_float64(2)  # the parent has run parallel kernels before the pool
     layer = numba.threading_layer()
     context = multiprocessing.get_context(method)
-    with context.Pool(2) as workers:
-        answers = workers.map_async(child, [("default", 2), ("parallel", 2)]).get(timeout=60)
-    ran_parallel = []
-    for got, parallel in answers:
-        assert_close(got, expected, f"{method} child")
-        ran_parallel.append(parallel)
+    with tempfile.TemporaryDirectory() as folder:
+        expected_file = os.path.join(folder, "expected.npz")
+        np.savez(expected_file, **expected)
+        tasks = [(path, 2, expected_file) for path in ("default", "parallel")]
+        with context.Pool(2) as workers:
+            ran_parallel = workers.map_async(checked_child, tasks).get(timeout=60)
     if method == "fork":  # forked children must be on the serial build, even when forced
         assert ran_parallel == [False, False], ran_parallel
     else:

@@ -1,4 +1,4 @@
-"""The fused train step (fastbp.fused, kernels/train_step.py) against the book's TwoLayerNet.
+"""The fused train step (fastbp.fused, kernels/two_layer_step.py) against the book's TwoLayerNet.
 
 Every combination runs on both builds (serial and parallel) and both first layers (dense
 BLAS and sparse), with batches that have all-zero rows and all-zero columns.

@@ -3,7 +3,7 @@
 With the JIT disabled, ``njit`` returns the plain function and ``prange`` is ``range``, so
 both builds of every twin are the kernel's own Python body, and the tests below exercise
 every kernel module (affine, relu, sigmoid, softmax_ce and fast_exp, labels,
-optimizers, train_step) as Python, where coverage can see it::
+optimizers, two_layer_step) as Python, where coverage can see it::
 
     NUMBA_DISABLE_JIT=1 python -m pytest -k "<KEEP>" <SUBSET>
 
@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from fastbp import kernels
-from fastbp.kernels import optimizers, train_step
+from fastbp.kernels import optimizers, two_layer_step
 from fastbp.kernels.dispatch import Twin
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +60,7 @@ def test_subset_passes_without_jit():
 
 
 def _twins():
-    modules = (kernels, optimizers, train_step)
+    modules = (kernels, optimizers, two_layer_step)
     return {name: k for m in modules for name, k in vars(m).items() if isinstance(k, Twin)}
 
 

@@ -174,7 +174,7 @@ def output_layer(t, W2, b2, z1, y, dy, dz1, dW2p, db1p, db2p, lo, hi, scale, own
 
 
 @twin
-def train_step(
+def two_layer_step(
     x, xw, cast, t, W1, b1, W2, b2, lr, update, max_nnz, nz,
     z1, y, dy, dz1, dW1, db1, dW2, db2, dW2p, db1p, db2p, lossp, own, backward,
 ):  # fmt: skip
