@@ -114,92 +114,128 @@ def image_path(text):
     return path
 
 
+# Options of ``fastbp train`` in --help order: (flag, add_argument keywords).
+TRAIN_OPTIONS = (
+    (
+        "--data",
+        {
+            "type": directory,
+            "metavar": "DIR",
+            "help": "directory with the four MNIST IDX files "
+            "(train-images-idx3-ubyte[.gz], ...); default: the embedded data",
+        },
+    ),
+    (
+        "--model",
+        {
+            "choices": ["mlp", "convnet"],
+            "default": "mlp",
+            "help": "mlp (default): TwoLayerNet, or MultiLayerNet with --layers; convnet: the "
+            "book's ch07 SimpleConvNet (conv 30x5x5 - relu - pool - affine 100 - relu - affine)",
+        },
+    ),
+    (
+        "--hidden",
+        {"type": positive(int), "default": 50, "help": "hidden units of TwoLayerNet (default 50)"},
+    ),
+    (
+        "--layers",
+        {
+            "type": hidden_sizes,
+            "metavar": "N,N,...",
+            "help": "hidden sizes of a MultiLayerNet instead, e.g. 100,50",
+        },
+    ),
+    (
+        "--activation",
+        {
+            "choices": ["relu", "sigmoid"],
+            "default": "relu",
+            "help": "activation of --layers (default relu, He init; sigmoid: Xavier)",
+        },
+    ),
+    (
+        "--weight-decay",
+        {
+            "type": non_negative(float),
+            "default": 0.0,
+            "metavar": "LAMBDA",
+            "help": "L2 weight decay of --layers (default 0)",
+        },
+    ),
+    ("--batch", {"type": positive(int), "default": 100, "help": "batch size (100)"}),
+    (
+        "--optimizer",
+        {
+            "choices": list(OPTIMIZERS),
+            "help": "default sgd (momentum for --model convnet: 97%% test accuracy in 17 epochs)",
+        },
+    ),
+    (
+        "--lr",
+        {
+            "type": positive(float),
+            "help": "learning rate (default per optimizer: "
+            + ", ".join(f"{k} {v[1]}" for k, v in OPTIMIZERS.items())
+            + ")",
+        },
+    ),
+    ("--epochs", {"type": positive(int), "default": 17, "help": "epochs (17)"}),
+    (
+        "--dtype",
+        {
+            "choices": ["float32", "float64"],
+            "default": "float64",
+            "help": "parameter and data dtype (default float64, as the book)",
+        },
+    ),
+    (
+        "--seed",
+        {
+            "type": non_negative(int),
+            "default": 0,
+            "help": "seed of the weight init and batch order (default 0)",
+        },
+    ),
+    (
+        "--plot",
+        {
+            "type": image_path,
+            "default": "learning_curve.png",
+            "metavar": "PATH",
+            "help": "learning-curve PNG to write (default ./learning_curve.png)",
+        },
+    ),
+    (
+        "--blas-threads",
+        {
+            "type": positive(int),
+            "default": 1,
+            "metavar": "N",
+            "help": "BLAS threads while training (default 1: the per-step matrix "
+            "products are small, and extra BLAS threads stall on a busy machine)",
+        },
+    ),
+    ("--no-progress", {"action": "store_true", "help": "no progress bar"}),
+    (
+        "--distributed",
+        {
+            "action": "store_true",
+            "help": "data-parallel over MPI ranks, run as: mpiexec -n N fastbp train "
+            "--distributed (needs fastbp[mpi]); same result as one process, rank 0 prints "
+            "and plots",
+        },
+    ),
+)
+# Options of which at most one may be given.
+EXCLUSIVE = ("--hidden", "--layers")
+
+
 def configure_train(parser):
     """Options of ``fastbp train``."""
-    parser.add_argument(
-        "--data",
-        type=directory,
-        metavar="DIR",
-        help="directory with the four MNIST IDX files "
-        "(train-images-idx3-ubyte[.gz], ...); default: the embedded data",
-    )
-    parser.add_argument(
-        "--model",
-        choices=["mlp", "convnet"],
-        default="mlp",
-        help="mlp (default): TwoLayerNet, or MultiLayerNet with --layers; convnet: the "
-        "book's ch07 SimpleConvNet (conv 30x5x5 - relu - pool - affine 100 - relu - affine)",
-    )
     net = parser.add_mutually_exclusive_group()
-    net.add_argument(
-        "--hidden", type=positive(int), default=50, help="hidden units of TwoLayerNet (default 50)"
-    )
-    net.add_argument(
-        "--layers",
-        type=hidden_sizes,
-        metavar="N,N,...",
-        help="hidden sizes of a MultiLayerNet instead, e.g. 100,50",
-    )
-    parser.add_argument(
-        "--activation",
-        choices=["relu", "sigmoid"],
-        default="relu",
-        help="activation of --layers (default relu, He init; sigmoid: Xavier)",
-    )
-    parser.add_argument(
-        "--weight-decay",
-        type=non_negative(float),
-        default=0.0,
-        metavar="LAMBDA",
-        help="L2 weight decay of --layers (default 0)",
-    )
-    parser.add_argument("--batch", type=positive(int), default=100, help="batch size (100)")
-    parser.add_argument(
-        "--optimizer",
-        choices=list(OPTIMIZERS),
-        help="default sgd (momentum for --model convnet: 97%% test accuracy in 17 epochs)",
-    )
-    parser.add_argument(
-        "--lr",
-        type=positive(float),
-        help="learning rate (default per "
-        "optimizer: " + ", ".join(f"{k} {v[1]}" for k, v in OPTIMIZERS.items()) + ")",
-    )
-    parser.add_argument("--epochs", type=positive(int), default=17, help="epochs (17)")
-    parser.add_argument(
-        "--dtype",
-        choices=["float32", "float64"],
-        default="float64",
-        help="parameter and data dtype (default float64, as the book)",
-    )
-    parser.add_argument(
-        "--seed",
-        type=non_negative(int),
-        default=0,
-        help="seed of the weight init and batch order (default 0)",
-    )
-    parser.add_argument(
-        "--plot",
-        type=image_path,
-        default="learning_curve.png",
-        metavar="PATH",
-        help="learning-curve PNG to write (default ./learning_curve.png)",
-    )
-    parser.add_argument(
-        "--blas-threads",
-        type=positive(int),
-        default=1,
-        metavar="N",
-        help="BLAS threads while training (default 1: the per-step matrix "
-        "products are small, and extra BLAS threads stall on a busy machine)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "--distributed",
-        action="store_true",
-        help="data-parallel over MPI ranks, run as: mpiexec -n N fastbp train --distributed "
-        "(needs fastbp[mpi]); same result as one process, rank 0 prints and plots",
-    )
+    for flag, keywords in TRAIN_OPTIONS:
+        (net if flag in EXCLUSIVE else parser).add_argument(flag, **keywords)
     parser.set_defaults(handler=run_train)
 
 
