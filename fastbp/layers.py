@@ -19,7 +19,7 @@ import functools
 
 import numpy as np
 
-from fastbp import checks, functions, util
+from fastbp import checks, functions, reference, util
 from fastbp.functions import *  # noqa: F403 (the book's layers star-import its functions)
 from fastbp.lazy import LazyKernel
 from fastbp.reference import AddLayer, MulLayer
@@ -27,28 +27,28 @@ from fastbp.util import col2im, im2col
 
 __all__ = ["AddLayer", "Affine", "MulLayer", "Relu", "Sigmoid", "SoftmaxWithLoss"]
 
-# The kernels, imported (with Numba) on the first call of a kernel-backed layer.
+# The kernels, imported (with Numba) on the first call of a kernel-backed layer; the affine
+# and convolution kernels through their wrappers, which choose the blocks (kernels/affine.py,
+# kernels/conv.py).
 _kernel = functools.partial(LazyKernel, globals(), "fastbp.kernels")
-# The affine kernels through their wrappers, which choose the blocks (kernels/affine.py).
 affine_backward = LazyKernel(globals(), "fastbp.kernels.affine", "affine_backward", "backward")
 affine_forward = LazyKernel(globals(), "fastbp.kernels.affine", "affine_forward", "forward")
+conv_backward = LazyKernel(globals(), "fastbp.kernels.conv", "conv_backward", "backward")
+conv_forward = LazyKernel(globals(), "fastbp.kernels.conv", "conv_forward", "forward")
+batchnorm_backward = _kernel("batchnorm_backward")
+batchnorm_forward = _kernel("batchnorm_forward")
+batchnorm_inference = _kernel("batchnorm_inference")
+dropout_backward = _kernel("dropout_backward")
+dropout_forward = _kernel("dropout_forward")
+maxpool2x2_forward = _kernel("maxpool2x2_forward")
+maxpool_backward = _kernel("maxpool_backward")
+maxpool_forward = _kernel("maxpool_forward")
 relu_backward = _kernel("relu_backward")
 relu_forward = _kernel("relu_forward")
 sigmoid_backward = _kernel("sigmoid_backward")
 sigmoid_forward = _kernel("sigmoid_forward")
 softmax_ce_backward = _kernel("softmax_ce_backward")
 softmax_ce_forward = _kernel("softmax_ce_forward")
-batchnorm_backward = _kernel("batchnorm_backward")
-batchnorm_forward = _kernel("batchnorm_forward")
-batchnorm_inference = _kernel("batchnorm_inference")
-# The convolution kernels through their wrappers, which choose the blocks (kernels/conv.py).
-conv_backward = LazyKernel(globals(), "fastbp.kernels.conv", "conv_backward", "backward")
-conv_forward = LazyKernel(globals(), "fastbp.kernels.conv", "conv_forward", "forward")
-dropout_backward = _kernel("dropout_backward")
-dropout_forward = _kernel("dropout_forward")
-maxpool2x2_forward = _kernel("maxpool2x2_forward")
-maxpool_backward = _kernel("maxpool_backward")
-maxpool_forward = _kernel("maxpool_forward")
 
 
 def _flat(a):
@@ -65,6 +65,26 @@ def _cast(a, dtype):
         return a.astype(dtype)
 
 
+def _elementwise_forward(kernel, x, *extra_dtypes):
+    """[out, *extras] of ``kernel(x, out, *extras)`` on flat views: x a float array of any
+    shape, out new in x's dtype and one more new array of x's shape per extra dtype."""
+    x = checks.c_array(checks.float_array("x", x), None)
+    outs = [np.empty(x.shape, dtype) for dtype in (x.dtype, *extra_dtypes)]
+    kernel(_flat(x), *[_flat(a) for a in outs])
+    return outs
+
+
+def _elementwise_backward(kernel, dout, saved, saved_name):
+    """dx of ``kernel(dout, saved, dx)`` on flat views: dout a float array of the shape of
+    ``saved`` (the forward's ``saved_name``), dx new in their result dtype."""
+    dout = checks.float_array("dout", dout)
+    checks.same_shape("dout", dout, saved_name, saved.shape)
+    dout = checks.c_array(dout, None)
+    dx = np.empty(dout.shape, np.result_type(dout, saved))
+    kernel(_flat(dout), _flat(saved), _flat(dx))
+    return dx
+
+
 class Relu:
     """ReLU of any shape and float dtype. ``mask`` (bool, x's shape) marks x <= 0."""
 
@@ -72,21 +92,12 @@ class Relu:
         self.mask = None
 
     def forward(self, x):
-        x = checks.c_array(checks.float_array("x", x), None)
-        out = np.empty(x.shape, x.dtype)
-        mask = np.empty(x.shape, np.bool_)
-        relu_forward(_flat(x), _flat(out), _flat(mask))
-        self.mask = mask
+        out, self.mask = _elementwise_forward(relu_forward, x, np.bool_)
         return out
 
     def backward(self, dout):
         mask = checks.state(self, "mask", self.mask, (np.dtype(np.bool_),))
-        dout = checks.float_array("dout", dout)
-        checks.same_shape("dout", dout, "the forward input", mask.shape)
-        dout = checks.c_array(dout, None)
-        dx = np.empty(dout.shape, dout.dtype)
-        relu_backward(_flat(dout), _flat(mask), _flat(dx))
-        return dx
+        return _elementwise_backward(relu_backward, dout, mask, "the forward input")
 
 
 class Sigmoid:
@@ -96,38 +107,26 @@ class Sigmoid:
         self.out = None
 
     def forward(self, x):
-        x = checks.c_array(checks.float_array("x", x), None)
-        out = np.empty(x.shape, x.dtype)
-        sigmoid_forward(_flat(x), _flat(out))
-        self.out = out
-        return out
+        (self.out,) = _elementwise_forward(sigmoid_forward, x)
+        return self.out
 
     def backward(self, dout):
         out = checks.state(self, "out", self.out, checks.FLOAT_DTYPES)
-        dout = checks.float_array("dout", dout)
-        checks.same_shape("dout", dout, "the forward output", out.shape)
-        dout = checks.c_array(dout, None)
-        dx = np.empty(dout.shape, np.result_type(dout, out))
-        sigmoid_backward(_flat(dout), _flat(out), _flat(dx))
-        return dx
+        return _elementwise_backward(sigmoid_backward, dout, out, "the forward output")
 
 
-class Affine:
+class Affine(reference.Affine):
     """out[N, M] = x[N, ...] @ W[K, M] + b[M], with x flattened to K features per sample.
 
-    ``W`` and ``b`` are held by reference, never copied, so in-place updates of the
-    caller's params (``params['W1'] -= lr * grad``) and in-place perturbations for
-    numerical gradients take effect on the next call. ``x`` is the 2-D view of the input,
-    ``original_x_shape`` its shape; ``backward`` returns dx in that shape.
+    The book's constructor and attributes (``fastbp.reference.Affine``), kernel-backed
+    ``forward``/``backward``. ``W`` and ``b`` are held by reference, never copied, so
+    in-place updates of the caller's params (``params['W1'] -= lr * grad``) and in-place
+    perturbations for numerical gradients take effect on the next call. ``x`` is the 2-D
+    view of the input, ``original_x_shape`` its shape; ``backward`` returns dx in that shape.
     """
 
     def __init__(self, W, b):
-        self.W = W
-        self.b = b
-        self.x = None
-        self.original_x_shape = None
-        self.dW = None
-        self.db = None
+        super().__init__(W, b)
         # What backward needs, set in one assignment by forward: (x's shape, x's dtype,
         # the 2-D x in the forward's compute dtype, C-contiguous).
         self._forward = None
@@ -280,12 +279,9 @@ class Dropout:
 
     def backward(self, dout):
         checks.after_forward(self, self.mask)
-        dout = checks.float_array("dout", dout)
-        checks.same_shape("dout", dout, "the training forward input", self.mask.shape)
-        dout = checks.c_array(dout, None)
-        dx = np.empty(dout.shape, dout.dtype)
-        dropout_backward(_flat(dout), _flat(self.mask), _flat(dx))
-        return dx
+        return _elementwise_backward(
+            dropout_backward, dout, self.mask, "the training forward input"
+        )
 
 
 def _vector(name, a, d):
@@ -296,7 +292,7 @@ def _vector(name, a, d):
     return a.reshape(d)
 
 
-class BatchNormalization:
+class BatchNormalization(reference.BatchNormalization):
     """The book's batch normalization over the features of x[N, D] (or of x[N, C, H, W]
     flattened to D = C*H*W features, as the book does).
 
@@ -304,22 +300,13 @@ class BatchNormalization:
     ``running_mean``/``running_var`` (new arrays each step, as the book's), or with
     ``train_flg=False`` by the running statistics. ``gamma``/``beta`` are held by
     reference; ``backward`` sets ``dgamma``/``dbeta``. ``xc``, ``xn``, ``std`` and
-    ``batch_size`` keep the last training forward's intermediates.
+    ``batch_size`` keep the last training forward's intermediates. The book's constructor
+    and attributes come from ``fastbp.reference.BatchNormalization``.
     """
 
     def __init__(self, gamma, beta, momentum=0.9, running_mean=None, running_var=None):
-        self.gamma = gamma
-        self.beta = beta
-        self.momentum = momentum
-        self.input_shape = None
-        self.running_mean = running_mean
-        self.running_var = running_var
+        super().__init__(gamma, beta, momentum, running_mean, running_var)
         self.batch_size = None
-        self.xc = None
-        self.xn = None
-        self.std = None
-        self.dgamma = None
-        self.dbeta = None
         self._train_shape = None  # x's shape in the last training forward
 
     def forward(self, x, train_flg=True):
@@ -387,7 +374,18 @@ def _scratch(previous, shape, dtype):
     return np.empty(shape, dtype)
 
 
-class Convolution:
+class _Window:
+    """What Convolution and Pooling share: the window's ``stride`` and ``pad`` (the book's
+    arguments), ``x`` (the last forward input) and ``_forward`` (what backward needs)."""
+
+    def __init__(self, stride, pad):
+        self.stride = stride
+        self.pad = pad
+        self.x = None
+        self._forward = None
+
+
+class Convolution(_Window):
     """out[N, FN, OH, OW] = the convolution (cross-correlation) of x[N, C, H, W] with the
     filters W[FN, C, FH, FW], plus b[FN]; OH = (H + 2*pad - FH) // stride + 1 (OW alike).
 
@@ -399,16 +397,13 @@ class Convolution:
     """
 
     def __init__(self, W, b, stride=1, pad=0):
+        super().__init__(stride, pad)  # _forward: (W used, x shape, geometry)
         self.W = W
         self.b = b
-        self.stride = stride
-        self.pad = pad
-        self.x = None
         self.col_W = None
         self.dW = None
         self.db = None
         self._col = None  # patches [N, K, P] in the compute dtype
-        self._forward = None  # (W used, x shape, geometry) of the last forward
 
     @property
     def col(self):
@@ -459,20 +454,17 @@ class Convolution:
         return dx
 
 
-class Pooling:
+class Pooling(_Window):
     """Max pooling of x[N, C, H, W] over pool_h x pool_w windows moved by ``stride``:
     out[N, C, OH, OW], OH = (H + 2*pad - pool_h) // stride + 1 (OW alike; padding counts
     as 0, as in the book's im2col). ``arg_max`` gives each window's argmax (flat index into
     the window) in the book's order (image, output row, output column, channel)."""
 
     def __init__(self, pool_h, pool_w, stride=2, pad=0):
+        super().__init__(stride, pad)  # _forward: (x shape, geometry)
         self.pool_h = pool_h
         self.pool_w = pool_w
-        self.stride = stride
-        self.pad = pad
-        self.x = None
         self._arg = None  # argmax [N*C, OH, OW] (int64)
-        self._forward = None  # (x shape, geometry) of the last forward
 
     @property
     def arg_max(self):
