@@ -22,27 +22,22 @@ from collections import OrderedDict
 import numpy as np
 
 from fastbp import util
-from fastbp.gradcheck import numerical_gradient
 from fastbp.layers import (
     Affine,
-    BatchNormalization,
     Convolution,
     Dropout,
     Pooling,
     Relu,
     SoftmaxWithLoss,
 )
-from fastbp.nets import _correct, _dtype, _normal
+from fastbp.nets import Net, _correct, _dtype, _normal
 
 __all__ = ["DeepConvNet", "SimpleConvNet"]
 
 
-class ConvNet:
+class ConvNet(Net):
     """What both nets share; subclasses fill ``params``, ``layers`` and ``param_layers``
     (the layer holding W{i} and b{i}, in order)."""
-
-    # Layers whose forward takes train_flg.
-    train_mode_layers = (Dropout, BatchNormalization)
 
     def _init(self, dtype, rng):
         self._dtype = _dtype(dtype)
@@ -61,19 +56,6 @@ class ConvNet:
     def lastLayer(self):  # noqa: N802 (TwoLayerNet's name, read by fastbp.train)
         """``last_layer`` under TwoLayerNet's name."""
         return self.last_layer
-
-    def _sequence(self):
-        return list(self.layers.values()) if isinstance(self.layers, dict) else self.layers
-
-    def predict(self, x, train_flg=False):
-        """Scores [N, output_size] of images x[N, C, H, W]; ``train_flg`` selects training
-        mode for dropout."""
-        for layer in self._sequence():
-            if isinstance(layer, self.train_mode_layers):
-                x = layer.forward(x, train_flg)
-            else:
-                x = layer.forward(x)
-        return x
 
     def loss(self, x, t):
         """Mean cross-entropy of the batch in training mode (t one-hot or class indices)."""
@@ -94,18 +76,10 @@ class ConvNet:
             correct += _correct(self.predict(x[batch]), t[batch])
         return correct / float(len(x))
 
-    def numerical_gradient(self, x, t):
-        """{param name: gradient} by central differences of ``loss`` (slow; for checks)."""
-        return {
-            key: numerical_gradient(lambda _: self.loss(x, t), p) for key, p in self.params.items()
-        }
-
     def gradient(self, x, t):
         """{param name: gradient} of ``loss(x, t)`` by backpropagation."""
         self.loss(x, t)
-        dout = self.last_layer.backward(1)
-        for layer in reversed(self._sequence()):
-            dout = layer.backward(dout)
+        self._backward()
         grads = {}
         for i, layer in enumerate(self.param_layers, 1):
             grads[f"W{i}"], grads[f"b{i}"] = layer.dW, layer.db

@@ -48,7 +48,42 @@ def _normal(rng, shape):
     return np.random.default_rng(rng).standard_normal(shape)
 
 
-class LayerNet:
+class Net:
+    """What every net here shares: ``layers`` (a dict, or a list) run in order, then
+    ``lastLayer``; subclasses fill ``params`` and ``layers`` and define ``loss(x, t)``."""
+
+    # Layers whose forward takes train_flg.
+    train_mode_layers = (Dropout, BatchNormalization)
+
+    def _sequence(self):
+        """The layers in forward order."""
+        return self.layers.values() if isinstance(self.layers, dict) else self.layers
+
+    def predict(self, x, train_flg=False):
+        """Scores [N, output_size] of x; ``train_flg`` selects training mode for dropout and
+        batch norm."""
+        for layer in self._sequence():
+            if isinstance(layer, self.train_mode_layers):
+                x = layer.forward(x, train_flg)
+            else:
+                x = layer.forward(x)
+        return x
+
+    def numerical_gradient(self, x, t):
+        """{param name: gradient} by central differences (slow; for checking ``gradient``)."""
+        return {
+            key: numerical_gradient(lambda _: self.loss(x, t), p) for key, p in self.params.items()
+        }
+
+    def _backward(self):
+        """Backpropagate dout = 1 from ``lastLayer`` through every layer (after a forward
+        pass), leaving each layer's gradients in its attributes."""
+        dout = self.lastLayer.backward(1)
+        for layer in reversed(self._sequence()):
+            dout = layer.backward(dout)
+
+
+class LayerNet(Net):
     """Affine layers with an activation between each pair, then SoftmaxWithLoss.
 
     sizes: [input, hidden..., output]; stds: the weight init std of each Affine layer;
@@ -75,9 +110,7 @@ class LayerNet:
 
     def predict(self, x):
         """Scores [N, output_size] of inputs x[N, input_size] (or x[N, 1, 28, 28])."""
-        for layer in self.layers.values():
-            x = layer.forward(x)
-        return x
+        return super().predict(x)
 
     def loss(self, x, t):
         """Mean cross-entropy of the batch (plus weight decay); t one-hot or class indices."""
@@ -98,18 +131,10 @@ class LayerNet:
             t = np.argmax(t, axis=1)
         return np.sum(y == t) / float(scores.shape[0])
 
-    def numerical_gradient(self, x, t):
-        """{param name: gradient} by central differences (slow; for checking ``gradient``)."""
-        return {
-            key: numerical_gradient(lambda _: self.loss(x, t), p) for key, p in self.params.items()
-        }
-
     def gradient(self, x, t):
         """{param name: gradient} of ``loss(x, t)`` by backpropagation."""
         self.loss(x, t)
-        dout = self.lastLayer.backward(1)
-        for layer in reversed(self.layers.values()):
-            dout = layer.backward(dout)
+        self._backward()
         grads = {}
         for i in range(1, self.n_affine + 1):
             affine = self.layers[f"Affine{i}"]
@@ -257,7 +282,7 @@ class MultiLayerNet(LayerNet):
         return self.lastLayer
 
 
-class MultiLayerNetExtend:
+class MultiLayerNetExtend(Net):
     """The book's MultiLayerNetExtend (``common/multi_layer_net_extend.py``): MultiLayerNet
     with optional batch normalization after each hidden Affine layer and dropout after each
     hidden activation.
@@ -269,21 +294,12 @@ class MultiLayerNetExtend:
     and ``rng`` as for MultiLayerNet; the weights are drawn in the book's order.
     """
 
-    def __init__(
-        self,
-        input_size,
-        hidden_size_list,
-        output_size,
-        activation="relu",
-        weight_init_std="relu",
-        weight_decay_lambda=0,
-        use_dropout=False,
-        dropout_ration=0.5,
-        use_batchnorm=False,
-        *,
-        dtype=np.float64,
-        rng=None,
-    ):
+    def __init__(  # MultiLayerNet's arguments, then the book's three for dropout and batch norm
+        self, input_size, hidden_size_list, output_size, activation="relu",
+        weight_init_std="relu", weight_decay_lambda=0,
+        use_dropout=False, dropout_ration=0.5, use_batchnorm=False,
+        *, dtype=np.float64, rng=None,
+    ):  # fmt: skip
         # A MultiLayerNet validates the arguments and draws the weights in the book's order.
         base = MultiLayerNet(
             input_size,
@@ -324,16 +340,6 @@ class MultiLayerNetExtend:
         """``last_layer`` under TwoLayerNet's name."""
         return self.last_layer
 
-    def predict(self, x, train_flg=False):
-        """Scores [N, output_size]; ``train_flg`` selects training mode for dropout and
-        batch norm."""
-        for layer in self.layers.values():
-            if isinstance(layer, (Dropout, BatchNormalization)):
-                x = layer.forward(x, train_flg)
-            else:
-                x = layer.forward(x)
-        return x
-
     def loss(self, x, t, train_flg=False):
         """Cross-entropy of the batch plus 0.5 * lambda * sum(W**2) per weight matrix."""
         y = self.predict(x, train_flg)
@@ -367,9 +373,7 @@ class MultiLayerNetExtend:
     def gradient(self, x, t):
         """{param name: gradient} of the training-mode loss by backpropagation."""
         self.loss(x, t, train_flg=True)
-        dout = self.last_layer.backward(1)
-        for layer in reversed(self.layers.values()):
-            dout = layer.backward(dout)
+        self._backward()
         grads = {}
         for idx in range(1, self.hidden_layer_num + 2):
             affine = self.layers[f"Affine{idx}"]
