@@ -68,10 +68,14 @@ class Optimizer:
     """Common ``update``: validate, allocate state on the first call, update each param."""
 
     state_names = ()  # the per-parameter state dicts, e.g. ("v",) for Momentum
-    hyperparameters = ("lr",)  # attributes checked to be real numbers on every update
     rebinds_state = False  # the book assigns new state arrays each step (Momentum)
 
-    def __init__(self):
+    def __init__(self, **hyperparameters):
+        """The book's attributes: each hyperparameter (checked to be a real number on every
+        update) and each state dict, None until the first update."""
+        self.hyperparameters = tuple(hyperparameters)
+        for name, value in hyperparameters.items():
+            setattr(self, name, value)
         for name in self.state_names:
             setattr(self, name, None)
 
@@ -176,8 +180,7 @@ class SGD(Optimizer):
     """param -= lr * grad."""
 
     def __init__(self, lr=0.01):
-        super().__init__()
-        self.lr = lr
+        super().__init__(lr=lr)
 
     def _update(self, p, g):
         sgd_update(p, g, g.dtype.type(self.lr))
@@ -187,13 +190,10 @@ class Momentum(Optimizer):
     """v = momentum * v - lr * grad; param += v."""
 
     state_names = ("v",)
-    hyperparameters = ("lr", "momentum")
     rebinds_state = True
 
     def __init__(self, lr=0.01, momentum=0.9):
-        super().__init__()
-        self.lr = lr
-        self.momentum = momentum
+        super().__init__(lr=lr, momentum=momentum)
 
     def _state_dtype(self, p, g):
         # The book rebinds v to momentum * v - lr * grad, whose dtype is that of p and grad.
@@ -209,8 +209,7 @@ class AdaGrad(Optimizer):
     state_names = ("h",)
 
     def __init__(self, lr=0.01):
-        super().__init__()
-        self.lr = lr
+        super().__init__(lr=lr)
 
     def _update(self, p, g, h):
         adagrad_update(p, g, h, g.dtype.type(self.lr), h.dtype.type(EPS))
@@ -220,13 +219,9 @@ class Adam(Optimizer):
     """Adam as in the book: m, v moving averages, step lr_t bias-corrected per iteration."""
 
     state_names = ("m", "v")
-    hyperparameters = ("lr", "beta1", "beta2")
 
     def __init__(self, lr=0.001, beta1=0.9, beta2=0.999):
-        super().__init__()
-        self.lr = lr
-        self.beta1 = beta1
-        self.beta2 = beta2
+        super().__init__(lr=lr, beta1=beta1, beta2=beta2)
         self.iter = 0
         self.lr_t = None
 
@@ -253,12 +248,9 @@ class Nesterov(Optimizer):
     param -= (1 + momentum) * lr * grad; v = momentum * v - lr * grad."""
 
     state_names = ("v",)
-    hyperparameters = ("lr", "momentum")
 
     def __init__(self, lr=0.01, momentum=0.9):
-        super().__init__()
-        self.lr = lr
-        self.momentum = momentum
+        super().__init__(lr=lr, momentum=momentum)
 
     def _update(self, p, g, v):
         m, lr = self.momentum, self.lr
@@ -272,12 +264,9 @@ class RMSprop(Optimizer):
     """h = decay_rate * h + (1 - decay_rate) * grad**2; param -= lr * grad / (sqrt(h) + 1e-7)."""
 
     state_names = ("h",)
-    hyperparameters = ("lr", "decay_rate")
 
     def __init__(self, lr=0.01, decay_rate=0.99):
-        super().__init__()
-        self.lr = lr
-        self.decay_rate = decay_rate
+        super().__init__(lr=lr, decay_rate=decay_rate)
 
     def _update(self, p, g, h):
         rmsprop_update(
