@@ -13,7 +13,9 @@ Sections (``--section``, default userloop,kernels,layers,train; they run in this
 - peers: the train step and the user loop's gradient in PyTorch (eager, torch.compile) and
   JAX (jit), when they are installed (they are not dependencies);
 - crossover: serial vs parallel build of every kernel over sizes, next to CROSSOVER;
-- distributed: data-parallel training over MPI ranks (needs the [mpi] extra).
+- distributed: data-parallel training over MPI ranks (needs the [mpi] extra);
+- setup: the README's set-up commands in a new venv, timed (``fastbp.benchsetup``; not
+  part of ``all``).
 
 Method: each case is a set of zero-argument callables from ``fastbp.benchcases``. Every
 callable runs once first (compilation and caches out of the way); then, timeit-style, each
@@ -50,9 +52,11 @@ from fastbp.train import blas_threads
 
 # In the order they run.
 SECTIONS = (
-    "userloop", "kernels", "layers", "train", "conv", "crossover", "peers", "distributed"
+    "userloop", "kernels", "layers", "train", "conv", "crossover", "peers", "distributed",
+    "setup",
 )  # fmt: skip
 DEFAULT_SECTIONS = ("userloop", "kernels", "layers", "train", "conv")
+ALL_SECTIONS = SECTIONS[:-1]  # "all": setup (a new venv, the test suite) runs on its own
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,21 +94,12 @@ FULL = Settings(
     loop_block=20,
     distributed=(benchcases.BOOK_HIDDEN, benchcases.BOOK_BATCH, 300),
 )
-QUICK = Settings(
-    quick=True,
-    min_time=0.001,
-    repeat=3,
-    min_repeat=3,
-    max_time=0.0,
-    shapes=((100, 50),),
-    affine_shapes=((100, 784, 50),),
-    train_sizes=((50, 100),),
-    peer_sizes=((50, 100),),
-    ladder=tuple(1 << p for p in range(10, 23, 4)),
-    loop_rounds=2,
-    loop_block=5,
-    distributed=(8, 10, 2),
-)
+QUICK = Settings(  # the CI smoke run: one size per case, a few short samples
+    quick=True, min_time=0.001, repeat=3, min_repeat=3, max_time=0.0,
+    shapes=((100, 50),), affine_shapes=((100, 784, 50),), train_sizes=((50, 100),),
+    peer_sizes=((50, 100),), ladder=tuple(1 << p for p in range(10, 23, 4)),
+    loop_rounds=2, loop_block=5, distributed=(8, 10, 2),
+)  # fmt: skip
 # Fused train step ladder of --section crossover: hidden units (batch from n multiply-adds).
 LADDER_TRAIN_HIDDEN = 100
 # Ladder shapes of the 2-D kernels for n elements: affine x[N, K] @ W[K, M] with n
@@ -561,8 +556,8 @@ def machine_info():
 
 
 def section_list(text):
-    """'kernels,train' -> ('kernels', 'train'); 'all' -> every section (argparse type)."""
-    names = SECTIONS if text == "all" else tuple(part.strip() for part in text.split(","))
+    """'kernels,train' -> ('kernels', 'train'); 'all' -> ``ALL_SECTIONS`` (argparse type)."""
+    names = ALL_SECTIONS if text == "all" else tuple(part.strip() for part in text.split(","))
     unknown = [name for name in names if name not in SECTIONS]
     if unknown:
         raise argparse.ArgumentTypeError(
@@ -578,8 +573,8 @@ def configure_parser(parser):
         type=section_list,
         default=DEFAULT_SECTIONS,
         metavar="NAME[,NAME]",
-        help=f"sections to run: {', '.join(SECTIONS)} or all "
-        f"(default {','.join(DEFAULT_SECTIONS)})",
+        help=f"sections to run: {', '.join(SECTIONS)} or all (all but setup; "
+        f"default {','.join(DEFAULT_SECTIONS)})",
     )
     parser.add_argument("--json", metavar="PATH", help="also write every row as JSON to PATH")
     parser.add_argument(
@@ -639,6 +634,11 @@ def main(args):
 
         result["distributed"] = benchdist.bench(*settings.distributed)
         _print(report.section_text(result, "distributed"))
+    if "setup" in sections:
+        from fastbp import benchsetup
+
+        result["setup"] = benchsetup.measure()
+        _print(report.section_text(result, "setup"))
     info["loadavg_end"] = os.getloadavg()
     print(f"\nload average at the end: {info['loadavg_end'][0]:.2f}")
     if args.json:

@@ -20,6 +20,8 @@ import re
 import sys
 from pathlib import Path
 
+from fastbp import benchsetup
+
 NEVER_TEXT = "never"
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,6 +35,12 @@ def fmt_time(seconds):
         if seconds >= scale:
             return f"{seconds / scale:.3g} {unit}"
     return f"{seconds / 1e-6:.3g} us"
+
+
+def fmt_duration(seconds):
+    """'35 s', '4 min 10 s' (whole seconds)."""
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
 
 
 def fmt_size(n):
@@ -291,6 +299,42 @@ def machine_line(result):
     return "; ".join(parts)
 
 
+def setup_table(result):
+    """README: the set-up steps a newcomer runs, each timed (``fastbp bench --section setup``)."""
+    setup = result.get("setup", {})
+    notes = {
+        "install": lambda step: f"a {setup['venv_mb']:.0f} MB venv",
+        "train_first": lambda step: _accuracy_note(step),
+        "train": lambda step: _accuracy_note(step),
+        "convnet": lambda step: _accuracy_note(step),
+        "tests": lambda step: benchsetup.test_summary(step["output"]),
+    }
+    body = []
+    for key, _, _ in benchsetup.STEPS:
+        if key in setup:
+            step = setup[key]
+            body.append([step["label"], f"`{step['command']}`", fmt_duration(step["seconds"])])
+            body[-1].append(notes[key](step))
+    return ["step", "command", "time", "result"], body
+
+
+def _accuracy_note(step):
+    return f"test accuracy {benchsetup.final_accuracy(step['output']):.4f}"
+
+
+def train_sample(result, keep=2):
+    """README: the main job's output as printed (``setup`` section, second run), with the
+    epoch lines between the first and last ``keep`` ones left out."""
+    lines = result.get("setup", {}).get("train", {}).get("output", "").strip().splitlines()
+    epochs = [i for i, line in enumerate(lines) if line.startswith("epoch ")]
+    if len(epochs) > 2 * keep + 1:
+        cut = epochs[keep : len(epochs) - keep]
+        lines = lines[: cut[0]] + ["..."] + lines[cut[-1] + 1 :]
+    return lines
+
+
+TEXT_BLOCKS = {"train_sample": train_sample}
+
 TABLES = {
     "headline": headline_table,
     "userloop": user_loop_table,
@@ -303,6 +347,7 @@ TABLES = {
     "crossover": crossover_table,
     "distributed": distributed_table,
     "costmodel": cost_model_table,
+    "setup": setup_table,
 }
 COMPUTED = ("costmodel",)  # tables of arithmetic: no machine line
 
@@ -321,7 +366,10 @@ def section_text(result, section):
 
 
 def markdown(result, name):
-    """Block ``name`` in Markdown: the machine line, then the table."""
+    """Block ``name`` in Markdown: the machine line, then the table (or the text)."""
+    if name in TEXT_BLOCKS:
+        text = "\n".join(TEXT_BLOCKS[name](result))
+        return f"*{machine_line(result)}*\n\n```text\n{text}\n```"
     headers, body = TABLES[name](result)
     if name in COMPUTED:
         return markdown_table(headers, body)

@@ -246,7 +246,8 @@ def test_unknown_section_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit):
         bench.configure_parser(argparse.ArgumentParser()).parse_args(["--section", "gpu"])
     assert "unknown section gpu" in capsys.readouterr().err
-    assert bench.section_list("all") == bench.SECTIONS
+    assert bench.section_list("all") == bench.ALL_SECTIONS
+    assert "setup" not in bench.ALL_SECTIONS and "setup" in bench.SECTIONS
 
 
 def test_version_and_bench_help(capsys):

@@ -26,22 +26,30 @@ def test_generated_tables_are_the_reports_output(path):
 
 def test_the_docs_have_their_generated_tables():
     names = {path.name: [m["name"] for m in blocks(path)] for path in DOCS}
-    assert names["README.md"] == ["headline"]
+    assert names["README.md"] == ["setup", "train_sample", "headline"]
     assert {"userloop", "train", "peers", "kernels", "layers"} <= set(names["performance.md"])
     assert {"costmodel", "distributed"} <= set(names["scaling.md"])
     for path in DOCS:
         for match in blocks(path):
-            assert match["name"] in report.TABLES
+            assert match["name"] in {**report.TABLES, **report.TEXT_BLOCKS}
             assert (ROOT / match["path"]).is_file(), match["path"]
 
 
 def test_every_table_renders_from_the_committed_json():
-    result = json.loads((ROOT / "docs" / "bench.json").read_text())
-    for name in report.TABLES:
-        headers, body = report.TABLES[name](result)
-        assert body, name
-        assert all(len(row) == len(headers) for row in body), name
-    assert "measured" in report.machine_line(result)
+    for file, names in (("bench.json", set(report.TABLES) - {"setup"}), ("setup.json", {"setup"})):
+        result = json.loads((ROOT / "docs" / file).read_text())
+        for name in names:
+            headers, body = report.TABLES[name](result)
+            assert body, name
+            assert all(len(row) == len(headers) for row in body), name
+        assert "measured" in report.machine_line(result)
+
+
+def test_the_sample_output_leaves_out_the_middle_epochs():
+    output = "data: x\n" + "".join(f"epoch {i}/9  loss 1\n" for i in range(1, 10)) + "final\n"
+    lines = report.train_sample({"setup": {"train": {"output": output}}})
+    assert lines == ["data: x", "epoch 1/9  loss 1", "epoch 2/9  loss 1", "...",
+                     "epoch 8/9  loss 1", "epoch 9/9  loss 1", "final"]  # fmt: skip
 
 
 def test_check_mode_reports_a_stale_file(tmp_path, capsys):

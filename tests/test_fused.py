@@ -386,6 +386,16 @@ def test_step_state_changed_between_calls_is_checked_on_every_call(rng):
     step.grads["W2"] = params["W2"]  # the parameter itself
     with pytest.raises(ValueError, match="share memory"):
         step.gradient(x, t)
+    step.grads["W2"] = np.zeros((h, c))
+    step.gradient(x, t)  # these grads and params were checked: the next call skips it ...
+    step.params["b2"] = step.grads["b2"][:]  # ... until a param is another array
+    with pytest.raises(ValueError, match="share memory"):
+        step.gradient(x, t)
+    step.params["b2"] = params["b2"]
+    step.gradient(x, t)
+    step.grads["b1"] = params["b1"].view()  # or a gradient is
+    with pytest.raises(ValueError, match="share memory"):
+        step.gradient(x, t)
 
 
 def test_sparse_offsets_are_64_bit(rng):
