@@ -8,7 +8,7 @@ no two threads ever add into the same sum.
 """
 
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
 from fastbp.kernels.dispatch import twin
 
@@ -17,14 +17,21 @@ from fastbp.kernels.dispatch import twin
 COLUMN_BLOCK = 512
 
 
+@njit(inline="always", cache=True, nogil=True)
+def column_block(block, d):
+    """Columns [lo, hi) of block ``block`` of the d columns (COLUMN_BLOCK wide, the last
+    one cut at d)."""
+    lo = block * COLUMN_BLOCK
+    return lo, min(lo + COLUMN_BLOCK, d)
+
+
 @twin
 def batchnorm_forward(x, gamma, beta, eps, out, xc, xn, mu, var, std):
     """mu, var = column mean and variance of x; std = sqrt(var + eps); xc = x - mu;
     xn = xc / std; out = gamma * xn + beta."""
     n, d = x.shape
     for block in prange((d + COLUMN_BLOCK - 1) // COLUMN_BLOCK):
-        lo = block * COLUMN_BLOCK
-        hi = min(lo + COLUMN_BLOCK, d)
+        lo, hi = column_block(block, d)
         mu[lo:hi] = 0
         var[lo:hi] = 0
         for i in range(n):
@@ -62,8 +69,7 @@ def batchnorm_backward(dout, gamma, xc, xn, std, dx, dgamma, dbeta, dvar, dmu):
     the mean and variance (dvar[D], dmu[D] are scratch)."""
     n, d = dout.shape
     for block in prange((d + COLUMN_BLOCK - 1) // COLUMN_BLOCK):
-        lo = block * COLUMN_BLOCK
-        hi = min(lo + COLUMN_BLOCK, d)
+        lo, hi = column_block(block, d)
         dbeta[lo:hi] = 0
         dgamma[lo:hi] = 0
         dvar[lo:hi] = 0

@@ -23,10 +23,13 @@ from fastbp.kernels.dispatch import FASTMATH, twin
 OPTIONS = {"cache": True, "nogil": True, "fastmath": FASTMATH, "error_model": "numpy"}
 
 
-@njit(**OPTIONS)
-def im2col_image(x, fh, fw, stride, pad, oh, ow, col):
-    """col[K, P] = the patches of one image x[C, H, W] (zeros where they leave x)."""
-    c_count, h, w = x.shape
+@njit(inline="always", **OPTIONS)
+def image_patches(image, col, fh, fw, stride, pad, oh, ow, to_col):
+    """Pair each row k = (c*FH + i)*FW + j of col[K, P] with its patch positions in
+    image[C, H, W]: ``to_col`` fills the row from the image (zeros where a patch leaves
+    it), else the row is added onto the image (cropped). ``to_col`` is a constant per
+    caller, so each compiles to one branch-free loop."""
+    c_count, h, w = image.shape
     for c in range(c_count):
         for i in range(fh):
             for j in range(fw):
@@ -35,31 +38,28 @@ def im2col_image(x, fh, fw, stride, pad, oh, ow, col):
                     y = oy * stride + i - pad
                     base = oy * ow
                     if y < 0 or y >= h:
-                        row[base : base + ow] = 0
+                        if to_col:
+                            row[base : base + ow] = 0
                         continue
                     for ox in range(ow):
                         xx = ox * stride + j - pad
-                        row[base + ox] = x[c, y, xx] if 0 <= xx < w else 0
+                        if to_col:
+                            row[base + ox] = image[c, y, xx] if 0 <= xx < w else 0
+                        elif 0 <= xx < w:
+                            image[c, y, xx] += row[base + ox]
+
+
+@njit(**OPTIONS)
+def im2col_image(x, fh, fw, stride, pad, oh, ow, col):
+    """col[K, P] = the patches of one image x[C, H, W] (zeros where they leave x)."""
+    image_patches(x, col, fh, fw, stride, pad, oh, ow, True)
 
 
 @njit(**OPTIONS)
 def col2im_image(col, fh, fw, stride, pad, oh, ow, dx):
     """dx[C, H, W] = the patch gradients col[K, P] summed back onto one image (cropped)."""
-    c_count, h, w = dx.shape
     dx[:] = 0
-    for c in range(c_count):
-        for i in range(fh):
-            for j in range(fw):
-                row = col[(c * fh + i) * fw + j]
-                for oy in range(oh):
-                    y = oy * stride + i - pad
-                    if y < 0 or y >= h:
-                        continue
-                    base = oy * ow
-                    for ox in range(ow):
-                        xx = ox * stride + j - pad
-                        if 0 <= xx < w:
-                            dx[c, y, xx] += row[base + ox]
+    image_patches(dx, col, fh, fw, stride, pad, oh, ow, False)
 
 
 @twin
