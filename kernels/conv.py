@@ -27,8 +27,8 @@ OPTIONS = {"cache": True, "nogil": True, "fastmath": FASTMATH, "error_model": "n
 def image_patches(image, col, fh, fw, stride, pad, oh, ow, to_col):
     """Pair each row k = (c*FH + i)*FW + j of col[K, P] with its patch positions in
     image[C, H, W]: ``to_col`` fills the row from the image (zeros where a patch leaves
-    it), else the row is added onto the image (cropped). ``to_col`` is a constant per
-    caller, so each compiles to one branch-free loop."""
+    it), else the row is added onto the image (cropped). Each caller passes a constant
+    ``to_col``, so its inlined copy keeps only its own branch."""
     c_count, h, w = image.shape
     for c in range(c_count):
         for i in range(fh):
