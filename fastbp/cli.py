@@ -427,8 +427,9 @@ def parser_for(argv):
             help="benchmarks against the book's NumPy code",
             description="Time fastbp against the book's NumPy code in one process, by "
             "section: kernels, layers, train steps, the book's ch05 training loop "
-            "(userloop), other frameworks (peers), serial/parallel crossovers and "
-            "data-parallel training (distributed). Prints tables; --json writes the rows "
+            "(userloop), other frameworks (peers), serial/parallel crossovers, "
+            "data-parallel training (distributed) and the README's set-up commands in a new "
+            "venv (setup). Prints tables; --json writes the rows "
             "that python -m fastbp.report turns into the docs' tables.",
         ),
         load=argv[:1] == ["bench"],
