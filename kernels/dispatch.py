@@ -113,6 +113,8 @@ class Twin:
 
     def __init__(self, fn):
         self.name = fn.__name__
+        if self.name not in CROSSOVER:  # at import: a new kernel needs its measured size
+            raise LookupError(f"kernel {self.name} has no CROSSOVER entry (kernels/dispatch.py)")
         self.__doc__ = fn.__doc__
         # error_model="numpy": x / 0 gives inf/nan like NumPy instead of raising, which also
         # keeps the serial loops free of exception branches so that they vectorise.

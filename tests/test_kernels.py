@@ -198,3 +198,15 @@ def test_calling_a_twin_runs_the_picked_build(monkeypatch):
 def test_force_path_rejects_unknown_paths():
     with pytest.raises(ValueError, match="path"), kernels.force_path("gpu"):
         pass
+
+
+def test_a_kernel_without_a_crossover_fails_at_definition():
+    """Every @twin kernel needs its CROSSOVER entry: a missing one is an error where the
+    kernel is defined (at import), not at its first call."""
+    from fastbp.kernels.dispatch import twin
+
+    with pytest.raises(LookupError, match="no_such_kernel has no CROSSOVER entry"):
+
+        @twin
+        def no_such_kernel(x):
+            return x
