@@ -25,6 +25,12 @@ def column_block(block, d):
     return lo, min(lo + COLUMN_BLOCK, d)
 
 
+# The loops below index each block through views of its columns (x[i, lo:hi], mu[lo:hi]),
+# so that every inner loop runs j from 0: with j from lo, Numba's negative-index check
+# stays in the loop and blocks vectorization (measured 4x slower at 100x100, 8x at
+# 100x4320 float32, same results).
+
+
 @twin
 def batchnorm_forward(x, gamma, beta, eps, out, xc, xn, mu, var, std):
     """mu, var = column mean and variance of x; std = sqrt(var + eps); xc = x - mu;
@@ -32,26 +38,30 @@ def batchnorm_forward(x, gamma, beta, eps, out, xc, xn, mu, var, std):
     n, d = x.shape
     for block in prange((d + COLUMN_BLOCK - 1) // COLUMN_BLOCK):
         lo, hi = column_block(block, d)
-        mu[lo:hi] = 0
-        var[lo:hi] = 0
+        m, v, s, g, b = mu[lo:hi], var[lo:hi], std[lo:hi], gamma[lo:hi], beta[lo:hi]
+        m[:] = 0
+        v[:] = 0
         for i in range(n):
-            for j in range(lo, hi):
-                mu[j] += x[i, j]
-        for j in range(lo, hi):
-            mu[j] /= n
+            xi = x[i, lo:hi]
+            for j in range(hi - lo):
+                m[j] += xi[j]
+        for j in range(hi - lo):
+            m[j] /= n
         for i in range(n):
-            for j in range(lo, hi):
-                c = x[i, j] - mu[j]
-                xc[i, j] = c
-                var[j] += c * c
-        for j in range(lo, hi):
-            var[j] /= n
-            std[j] = np.sqrt(var[j] + eps)
+            xi, ci = x[i, lo:hi], xc[i, lo:hi]
+            for j in range(hi - lo):
+                c = xi[j] - m[j]
+                ci[j] = c
+                v[j] += c * c
+        for j in range(hi - lo):
+            v[j] /= n
+            s[j] = np.sqrt(v[j] + eps)
         for i in range(n):
-            for j in range(lo, hi):
-                v = xc[i, j] / std[j]
-                xn[i, j] = v
-                out[i, j] = gamma[j] * v + beta[j]
+            ci, ni, oi = xc[i, lo:hi], xn[i, lo:hi], out[i, lo:hi]
+            for j in range(hi - lo):
+                value = ci[j] / s[j]
+                ni[j] = value
+                oi[j] = g[j] * value + b[j]
 
 
 @twin
@@ -70,23 +80,28 @@ def batchnorm_backward(dout, gamma, xc, xn, std, dx, dgamma, dbeta, dvar, dmu):
     n, d = dout.shape
     for block in prange((d + COLUMN_BLOCK - 1) // COLUMN_BLOCK):
         lo, hi = column_block(block, d)
-        dbeta[lo:hi] = 0
-        dgamma[lo:hi] = 0
-        dvar[lo:hi] = 0
-        dmu[lo:hi] = 0
+        g, s, db, dg = gamma[lo:hi], std[lo:hi], dbeta[lo:hi], dgamma[lo:hi]
+        dv, dm = dvar[lo:hi], dmu[lo:hi]
+        db[:] = 0
+        dg[:] = 0
+        dv[:] = 0
+        dm[:] = 0
         for i in range(n):
-            for j in range(lo, hi):
-                g = dout[i, j]
-                dbeta[j] += g
-                dgamma[j] += xn[i, j] * g
-                dvar[j] += gamma[j] * g * xc[i, j] / (std[j] * std[j])
-        for j in range(lo, hi):
-            dvar[j] = 0.5 * -dvar[j] / std[j]
+            di, ni, ci = dout[i, lo:hi], xn[i, lo:hi], xc[i, lo:hi]
+            for j in range(hi - lo):
+                dy = di[j]
+                db[j] += dy
+                dg[j] += ni[j] * dy
+                dv[j] += g[j] * dy * ci[j] / (s[j] * s[j])
+        for j in range(hi - lo):
+            dv[j] = 0.5 * -dv[j] / s[j]
         for i in range(n):
-            for j in range(lo, hi):
-                dxc = gamma[j] * dout[i, j] / std[j] + (2.0 / n) * xc[i, j] * dvar[j]
-                dx[i, j] = dxc
-                dmu[j] += dxc
+            di, ci, dxi = dout[i, lo:hi], xc[i, lo:hi], dx[i, lo:hi]
+            for j in range(hi - lo):
+                dxc = g[j] * di[j] / s[j] + (2.0 / n) * ci[j] * dv[j]
+                dxi[j] = dxc
+                dm[j] += dxc
         for i in range(n):
-            for j in range(lo, hi):
-                dx[i, j] -= dmu[j] / n
+            dxi = dx[i, lo:hi]
+            for j in range(hi - lo):
+                dxi[j] -= dm[j] / n
