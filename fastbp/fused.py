@@ -67,9 +67,9 @@ def _grad_buffers(grads, params, label, disjoint=()):
     """The four gradient arrays read once from ``grads`` (called ``label`` in errors),
     checked against the params.
 
-    ``disjoint``: arrays known not to share memory with any array (new ones, or the
-    same objects as in a call that checked them: an ndarray's memory never moves), for
-    which the overlap check is skipped."""
+    ``disjoint``: arrays already found not to share memory with these same params (the
+    objects checked by an earlier call: an ndarray's memory never moves), for which the
+    overlap check is skipped."""
     out = []
     for name, p in zip(PARAM_NAMES, params, strict=True):
         g = grads[name]
@@ -192,7 +192,7 @@ class TwoLayerStep:
         params as read from the dict. Arrays found disjoint from those same params are
         remembered, so a run of calls on the same arrays checks overlaps once."""
         if isinstance(grads, str):  # "new": made here like the params, so nothing to check
-            return [np.empty_like(p) for p in params]
+            return list(self._new_grads(params).values())
         if grads is None:
             if self._grads is None:
                 self._grads = self._new_grads(params)

@@ -302,24 +302,22 @@ def machine_line(result):
 def setup_table(result):
     """README: the set-up steps a newcomer runs, each timed (``fastbp bench --section setup``)."""
     setup = result.get("setup", {})
-    notes = {
-        "install": lambda step: f"a {setup['venv_mb']:.0f} MB venv",
-        "train_first": lambda step: _accuracy_note(step),
-        "train": lambda step: _accuracy_note(step),
-        "convnet": lambda step: _accuracy_note(step),
-        "tests": lambda step: benchsetup.test_summary(step["output"]),
-    }
     body = []
     for key, _, _ in benchsetup.STEPS:
         if key in setup:
             step = setup[key]
             body.append([step["label"], f"`{step['command']}`", fmt_duration(step["seconds"])])
-            body[-1].append(notes[key](step))
+            body[-1].append(_setup_result(key, step["output"], setup))
     return ["step", "command", "time", "result"], body
 
 
-def _accuracy_note(step):
-    return f"test accuracy {benchsetup.final_accuracy(step['output']):.4f}"
+def _setup_result(key, output, setup):
+    """The result column of set-up step ``key`` from its ``output``."""
+    if key == "install":
+        return f"a {setup['venv_mb']:.0f} MB venv"
+    if key == "tests":
+        return benchsetup.test_summary(output)
+    return f"test accuracy {benchsetup.final_accuracy(output):.4f}"  # the train jobs
 
 
 def train_sample(result, keep=2):
