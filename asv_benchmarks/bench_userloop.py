@@ -5,7 +5,7 @@ over ``fastbp.layers``, ``fastbp.nets.TwoLayerNet``. ``time_iteration`` is one i
 as the book writes it (``np.random.choice`` batch of 100, fancy-indexed copy, gradient,
 update, loss); ``time_gradient`` the gradient on fresh batches; ``time_accuracy`` the
 once-per-epoch accuracy on all training and test images. ``fastbp bench --section
-userloop`` times the same phases with the variants alternating in one process.
+userloop`` times the same phases, each variant in fresh processes of its own.
 """
 
 from fastbp import benchcases

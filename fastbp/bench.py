@@ -3,8 +3,9 @@
 Sections (``--section``, default userloop,kernels,layers,train; they run in this order):
 
 - userloop: the book's ch05/train_neuralnet.py loop on real MNIST, phase by phase, for the
-  book's classes, the book's TwoLayerNet over fastbp.layers and fastbp.nets.TwoLayerNet
-  (first, so that its "book-alone" row is the book's code before any fastbp code ran);
+  book's classes, the book's TwoLayerNet over fastbp.layers and fastbp.nets.TwoLayerNet,
+  each in fresh processes of its own, and the book's classes after fastbp ran in the
+  process (``fastbp.benchloop``);
 - kernels, layers: each kernel and drop-in layer against the NumPy reference;
 - train: one SGD step of TwoLayerNet(784, H, 10): fastbp.nets, the book's classes, the
   fused step and fastbp's layers one by one, next to the yardstick "bare GEMM": the summed
@@ -23,10 +24,8 @@ gets a number of calls per sample so that one sample takes at least ``min_time``
 samples of each callable of a case are taken in blocks, after untimed settling calls, in
 two rounds (``medians``), so that one callable's thread pools do not spill into the next.
 A row reports the median time per call of each and the ratios, all from one run.
-The user loop alternates the variants in blocks of iterations the same way, each block
-starting with untimed iterations (``SETTLE_SECONDS``) so that one variant's BLAS threads do
-not spill into the next one's times. Nothing here
-sets thread variables: the numbers are those of the user's default environment.
+Nothing here sets thread variables: the numbers are those of the user's default
+environment.
 """
 
 import argparse
@@ -45,7 +44,7 @@ import time
 import numba
 import numpy as np
 
-from fastbp import benchcases, kernels, report
+from fastbp import benchcases, benchloop, kernels, report
 from fastbp.kernels import CROSSOVER
 from fastbp.kernels.dispatch import NEVER
 from fastbp.train import blas_threads
@@ -73,7 +72,8 @@ class Settings:
     train_sizes: tuple
     peer_sizes: tuple
     ladder: tuple  # element counts of the crossover ladder
-    loop_rounds: int  # user loop: rounds, each one block of iterations per variant
+    loop_processes: int  # user loop: processes per variant, each timing loop_rounds
+    loop_rounds: int  # rounds of loop_block iterations and one accuracy
     loop_block: int
     distributed: tuple  # (hidden, global batch, timed steps)
     user_loop_phases: tuple = (*benchcases.USER_LOOP_PHASES, "accuracy")
@@ -90,15 +90,16 @@ FULL = Settings(
     train_sizes=benchcases.TRAIN_SIZES,
     peer_sizes=benchcases.PEER_SIZES,
     ladder=tuple(1 << p for p in range(10, 23)),  # 1K .. 4M elements
-    loop_rounds=40,  # 800 iterations (10 of the book's epochs) per variant
-    loop_block=20,
+    loop_processes=7,  # 2,800 iterations and 70 accuracies per variant
+    loop_rounds=10,
+    loop_block=40,
     distributed=(benchcases.BOOK_HIDDEN, benchcases.BOOK_BATCH, 300),
 )
 QUICK = Settings(  # the CI smoke run: one size per case, a few short samples
     quick=True, min_time=0.001, repeat=3, min_repeat=3, max_time=0.0,
     shapes=((100, 50),), affine_shapes=((100, 784, 50),), train_sizes=((50, 100),),
     peer_sizes=((50, 100),), ladder=tuple(1 << p for p in range(10, 23, 4)),
-    loop_rounds=2, loop_block=5, distributed=(8, 10, 2),
+    loop_processes=1, loop_rounds=2, loop_block=5, distributed=(8, 10, 2),
 )  # fmt: skip
 # Fused train step ladder of --section crossover: hidden units (batch from n multiply-adds).
 LADDER_TRAIN_HIDDEN = 100
@@ -129,7 +130,7 @@ def _calls_per_sample(fn, min_time):
     return number
 
 
-# Untimed calls before each block of samples (user loop, train steps), for this long: longer
+# Untimed calls before each block of samples (train steps, layers), for this long: longer
 # than NumPy's OpenBLAS workers keep spinning after the book's variant (measured ~100 ms)
 # and than this VM takes to come back to speed after a pause, so that each block times
 # the steady state of one variant, as in a process running it alone.
@@ -356,79 +357,6 @@ def run_case(case, settings):
 # -- the user loop ---------------------------------------------------------------------
 
 
-def _loop_block(loop, record, done, block, per_epoch):
-    """Run ``block`` iterations of ``loop`` (phases, accuracy), the accuracy whenever the
-    iteration count ``done`` is a multiple of ``per_epoch``; append the times to
-    ``record``; return the new count. Untimed iterations for ``SETTLE_SECONDS`` first."""
-    phases, accuracy = loop
-    clock = time.perf_counter
-    _settle(lambda: [fn() for fn in phases.values()])
-    for _ in range(block):
-        if done % per_epoch == 0:
-            start = clock()
-            accuracy()
-            record["accuracy"].append(clock() - start)
-        total = 0.0
-        for name, fn in phases.items():
-            start = clock()
-            fn()
-            elapsed = clock() - start
-            record[name].append(elapsed)
-            total += elapsed
-        record["iteration"].append(total)
-        done += 1
-    return done
-
-
-def user_loop_rows(settings):
-    """The book's ch05 loop for every variant, blocks of iterations alternating.
-
-    Per variant: the median of each phase over the iterations, of the iteration's total
-    (batch + gradient + update + loss), and of ``accuracy`` (all training and test
-    images, once per epoch as in the book); ``per_iteration`` = iteration + accuracy /
-    iterations per epoch. Ratios are book / variant. The GC stays as the user has it.
-    A first row, "book-alone", times the book's classes before any fastbp code has run
-    in the process (meaningful when this section runs first, as ``fastbp bench`` does):
-    fastbp's effect on the user's own NumPy code shows as book-alone vs book.
-    """
-    variants = benchcases.USER_LOOP_VARIANTS
-    per_epoch = benchcases.iterations_per_epoch()
-    names = (*settings.user_loop_phases, "iteration")
-    times = {v: {name: [] for name in names} for v in ("book-alone", *variants)}
-    loops = {"book": benchcases.user_loop(benchcases.user_loop_net("book"))}
-    blocks = max(1, settings.loop_rounds // 4)
-    _loop_block(loops["book"], {name: [] for name in names}, 1, 1, per_epoch)  # warm-up
-    done = {"book-alone": _loop_block(loops["book"], times["book-alone"], 0, 1, per_epoch)}
-    for _ in range(blocks):
-        done["book-alone"] = _loop_block(
-            loops["book"], times["book-alone"], done["book-alone"], settings.loop_block, per_epoch
-        )
-    loops.update({v: benchcases.user_loop(benchcases.user_loop_net(v)) for v in variants[1:]})
-    for variant in variants:  # compilation and caches out of the way
-        _loop_block(loops[variant], {name: [] for name in names}, 0, 1, per_epoch)
-        done[variant] = 0
-    for round_number in range(settings.loop_rounds):
-        shift = round_number % len(variants)
-        for variant in variants[shift:] + variants[:shift]:
-            done[variant] = _loop_block(
-                loops[variant], times[variant], done[variant], settings.loop_block, per_epoch
-            )
-    rows = []
-    for variant, record in times.items():
-        row = {"section": "userloop", "case": variant, "dtype": "x:f32 W:f64"}
-        row.update({name: statistics.median(t) for name, t in record.items()})
-        row["per_iteration"] = row["iteration"] + row["accuracy"] / per_epoch
-        row["iterations"] = done[variant]
-        row["iterations_per_epoch"] = per_epoch
-        rows.append(row)
-    book = rows[1]
-    for row in rows:
-        for name in names:
-            row[f"{name}_speedup"] = book[name] / row[name]
-        row["speedup"] = book["per_iteration"] / row["per_iteration"]
-    return rows
-
-
 # -- crossover -------------------------------------------------------------------------
 
 
@@ -609,8 +537,10 @@ def main(args):
         flush=True,
     )
     result = {"machine": info, "settings": dataclasses.asdict(settings), "rows": []}
-    if "userloop" in sections and args.filter in "userloop":  # first: before fastbp ran
-        result["rows"] += user_loop_rows(settings)
+    if "userloop" in sections and args.filter in "userloop":
+        result["rows"] += benchloop.bench(
+            settings.loop_processes, settings.loop_rounds, settings.loop_block
+        )
         _print(report.section_text(result, "userloop"))
     section = None
     for case in cases(settings, sections):

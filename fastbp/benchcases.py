@@ -12,7 +12,8 @@ that makes no sense raises ``NotImplementedError`` (asv reads that as "skip").
 - train steps: one SGD step of TwoLayerNet(784, H, 10) per ``STEP_BUILDERS`` entry, and the
   same step in other frameworks (``PEER_STEPS``, used only when they are importable);
 - the user loop: the book's ``ch05/train_neuralnet.py`` iteration, phase by phase, for the
-  book's classes, the book's net over ``fastbp.layers`` and ``fastbp.nets`` (``user_loop``).
+  book's classes, the book's net over ``fastbp.layers`` and ``fastbp.nets`` (``user_loop``,
+  from ``fastbp.bookloop``, which loads no Numba), and its gradient on fresh batches.
 """
 
 import functools
@@ -22,6 +23,21 @@ import numba
 import numpy as np
 
 from fastbp import data, fused, kernels, layers, nets, reference
+from fastbp.bookloop import (  # noqa: F401 (re-exported: the bench's one registry)
+    BOOK_BATCH,
+    BOOK_HIDDEN,
+    BOOK_LR,
+    CLASSES,
+    INPUT_SIZE,
+    PARAM_KEYS,
+    USER_LOOP_PHASES,
+    USER_LOOP_VARIANTS,
+    book_mnist,
+    iterations_per_epoch,
+    over_fastbp_layers,
+    user_loop,
+    user_loop_net,
+)
 from fastbp.kernels import affine
 from fastbp.kernels import optimizers as update_kernels
 
@@ -36,12 +52,6 @@ AFFINE_SHAPES = ((1, 784, 50), (100, 784, 50), (100, 50, 10), (1000, 1000, 1000)
 TRAIN_SIZES = ((50, 100), (100, 100), (1024, 256), (50, 1))
 # The train-step sizes compared with other frameworks (section "peers").
 PEER_SIZES = ((50, 100), (1024, 256))
-INPUT_SIZE = 784
-CLASSES = 10
-PARAM_KEYS = ("W1", "b1", "W2", "b2")
-
-# The book's ch05/train_neuralnet.py: hidden units, batch size, learning rate.
-BOOK_HIDDEN, BOOK_BATCH, BOOK_LR = 50, 100, 0.1
 
 KERNEL_FAMILIES = ("affine", "relu", "sigmoid", "softmax_ce")
 LAYER_FAMILIES = ("Affine", "Relu", "Sigmoid", "SoftmaxWithLoss")
@@ -232,14 +242,6 @@ def train_batch(batch, dtype, seed=0):
     return x, data.one_hot(rng.integers(0, CLASSES, batch), CLASSES).astype(dtype)
 
 
-@functools.cache
-def book_mnist():
-    """The embedded MNIST as the book loads it: ``load_mnist(normalize=True,
-    one_hot_label=True)``, float32 images x[N, 784], float64 one-hot labels t[N, 10]
-    (cached: do not modify)."""
-    return data.load_mnist(normalize=True, one_hot_label=True)
-
-
 def mnist_batch(batch, dtype=None):
     """The first ``batch`` embedded MNIST training images and one-hot labels.
 
@@ -361,75 +363,6 @@ def bare_gemms(hidden, batch, dtype, seed=0):
 
 
 # -- the book's ch05 training loop -----------------------------------------------------
-
-# The variants of the book's loop: the book's classes; the book's TwoLayerNet with its
-# layers taken from fastbp.layers (``from fastbp.layers import *`` in place of
-# common/layers.py); fastbp.nets.TwoLayerNet (in place of two_layer_net.py).
-USER_LOOP_VARIANTS = ("book", "book+layers", "nets")
-USER_LOOP_PHASES = ("batch", "gradient", "update", "loss")
-
-
-def over_fastbp_layers(net):
-    """The book's ``net`` with each layer replaced by the fastbp.layers class of the same
-    name, holding the same arrays (``params`` are untouched)."""
-    for name, layer in net.layers.items():
-        cls = getattr(layers, type(layer).__name__)
-        net.layers[name] = cls(layer.W, layer.b) if hasattr(layer, "W") else cls()
-    net.lastLayer = getattr(layers, type(net.lastLayer).__name__)()
-    return net
-
-
-def user_loop_net(variant, seed=0):
-    """TwoLayerNet(784, 50, 10) of ``variant``, built as the book builds it after
-    ``np.random.seed(seed)`` (the same weights for every variant)."""
-    np.random.seed(seed)  # noqa: NPY002 (the book's nets draw from the global state)
-    if variant == "book":
-        return reference.TwoLayerNet(
-            input_size=INPUT_SIZE, hidden_size=BOOK_HIDDEN, output_size=CLASSES
-        )
-    if variant == "book+layers":
-        return over_fastbp_layers(user_loop_net("book", seed))
-    if variant == "nets":
-        return nets.TwoLayerNet(input_size=INPUT_SIZE, hidden_size=BOOK_HIDDEN, output_size=CLASSES)
-    raise NotImplementedError(f"unknown user-loop variant {variant!r}")
-
-
-def user_loop(network):
-    """The book's ch05 loop on ``network``, as it writes it, split into timed phases.
-
-    Returns ({phase: callable} for one iteration, in ``USER_LOOP_PHASES`` order, and
-    ``accuracy``, the once-per-epoch evaluation on all training and all test images).
-    Batches are drawn with ``np.random.choice`` from the global state, as in the book.
-    """
-    (x_train, t_train), (x_test, t_test) = book_mnist()
-    train_size = x_train.shape[0]
-    state = {}
-
-    def batch():
-        batch_mask = np.random.choice(train_size, BOOK_BATCH)  # noqa: NPY002 (the book's)
-        state["x"], state["t"] = x_train[batch_mask], t_train[batch_mask]
-
-    def gradient():
-        state["grad"] = network.gradient(state["x"], state["t"])
-
-    def update():
-        grad = state["grad"]
-        for key in PARAM_KEYS:
-            network.params[key] -= BOOK_LR * grad[key]
-
-    def loss():
-        state["loss"] = network.loss(state["x"], state["t"])
-
-    def accuracy():
-        return network.accuracy(x_train, t_train), network.accuracy(x_test, t_test)
-
-    phases = {"batch": batch, "gradient": gradient, "update": update, "loss": loss}
-    return phases, accuracy
-
-
-def iterations_per_epoch():
-    """The book's ``iter_per_epoch``: training images / batch size (at least 1)."""
-    return max(book_mnist()[0][0].shape[0] // BOOK_BATCH, 1)
 
 
 def fresh_batches(count, seed=0):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastbp import bench, benchcases, cli, report
+from fastbp import bench, benchcases, benchloop, cli, report
 
 
 def run_bench(tmp_path, *argv):
@@ -203,19 +203,29 @@ def test_user_loop_variants_start_from_the_books_weights_and_agree():
 
 def test_user_loop_section_rows(tmp_path, capsys):
     rows = run_bench(tmp_path, "--section", "userloop")["rows"]
-    variants = list(benchcases.USER_LOOP_VARIANTS)
-    assert [row["case"] for row in rows] == ["book-alone", *variants]
-    book = rows[1]
+    assert [row["case"] for row in rows] == [*benchcases.USER_LOOP_VARIANTS, "book-after"]
+    book = rows[0]
     for row in rows:
         phases = sum(row[name] for name in benchcases.USER_LOOP_PHASES)
         assert row["iteration"] > 0 and phases > 0 and row["accuracy"] > 0
         per_epoch = row["iterations_per_epoch"]
         assert row["per_iteration"] == pytest.approx(row["iteration"] + row["accuracy"] / per_epoch)
         assert row["speedup"] == pytest.approx(book["per_iteration"] / row["per_iteration"])
-    for row in rows[1:]:
+        assert row["processes"] == bench.QUICK.loop_processes
         assert row["iterations"] == bench.QUICK.loop_rounds * bench.QUICK.loop_block
+        low, high = row["per_iteration_range"]
+        assert low <= row["per_iteration"] <= high
     out = capsys.readouterr().out
-    assert "book / nets" in out and "before fastbp ran" in out
+    assert "book / nets" in out and "after fastbp ran" in out
+
+
+def test_user_loop_processes_load_numba_only_where_fastbp_runs():
+    """A process of the book's classes never imports Numba; one that ran fastbp first has
+    (``_run_child`` raises otherwise)."""
+    for variant in ("book", "book-after"):
+        run = benchloop._run_child(variant, 1, 2)
+        assert run["iteration"] > 0 and run["accuracy"] > 0
+        assert run["numba_loaded"] is (variant == "book-after")
 
 
 def test_peers_section_has_the_book_and_fastbp_columns(tmp_path, monkeypatch):
