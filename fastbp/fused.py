@@ -151,8 +151,9 @@ class TwoLayerStep:
         """The kernel call of every public method; returns (the loss, or with ``copies``
         (loss, hidden, probs, labels): copies of the step's forward state taken under the
         lock, as another thread's call may overwrite the buffers right after, and the
-        checked labels; the gradient arrays written). ``grads``: None (this object's
-        buffers), "new" (new arrays) or a dict of four arrays to write the gradients into."""
+        checked labels; the gradient arrays written, empty without ``backward``). ``grads``:
+        None (this object's buffers), "new" (new arrays) or a dict of four arrays to write
+        the gradients into."""
         x = checks.batch("x", x, min_ndim=2)
         n = x.shape[0]
         x = x.reshape(n, -1)
@@ -170,7 +171,10 @@ class TwoLayerStep:
                 x = x.copy()
             labels = checks.labels(t, n, c, dtype)
             t = labels.argmax(axis=1) if labels.ndim == 2 else labels  # the kernel's indices
-            g = self._grad_arrays(grads, arrays, params, label)
+            if backward:
+                g = self._grad_arrays(grads, arrays, params, label)
+            else:  # the kernel touches no gradient: empty arrays of the same types
+                g = [np.empty((0,) * p.ndim, dtype) for p in params]
             max_nnz = int(DENSITY[dtype] * n * k) if sparse == "auto" else -1
             if sparse is True:
                 max_nnz = n * k
