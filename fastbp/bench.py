@@ -107,7 +107,10 @@ LADDER_TRAIN_HIDDEN = 100
 # multiply-adds (N = n // (K * M): the GEMM kernels' size in CROSSOVER); softmax_ce over
 # n // C rows of C classes.
 LADDER_K, LADDER_M = 50, 100
-LADDER_KERNELS = (*benchcases.CORE_KERNELS, *benchcases.UPDATE_ARGS, "two_layer_step")
+LADDER_KERNELS = (
+    *benchcases.CORE_KERNELS, *benchcases.UPDATE_ARGS, "two_layer_step",
+    *benchcases.LAYER_LADDER_KERNELS,
+)  # fmt: skip
 
 
 # -- timing ----------------------------------------------------------------------------
@@ -376,13 +379,17 @@ def _on_path(path, fn):
 
 def ladder_pair(name, n, dtype):
     """(serial, parallel) callables running kernel ``name`` with ``n`` elements in its
-    first argument; the fused train step goes through ``fastbp.fused`` with a forced path."""
+    first argument; the fused train step and the chapter 6-8 kernels go through their
+    callers (``fastbp.fused``, the layers) with a forced path."""
     if name == "two_layer_step":
         batch = n // (benchcases.INPUT_SIZE * LADDER_TRAIN_HIDDEN)  # multiply-adds
         x, t = benchcases.train_batch(max(1, batch), dtype)
         params = benchcases.two_layer_params(LADDER_TRAIN_HIDDEN, dtype)
         step = benchcases.fused_sgd_step(params, x, t)
         return tuple(functools.partial(_on_path, path, step) for path in ("serial", "parallel"))
+    if name in benchcases.LAYER_LADDER_KERNELS:
+        call = benchcases.layer_ladder_call(name, n, dtype)
+        return tuple(functools.partial(_on_path, path, call) for path in ("serial", "parallel"))
     kernel = benchcases.kernel_function(name)
     args = benchcases.kernel_args(name, ladder_shape(name, n), dtype)
     if name.startswith("affine"):

@@ -62,6 +62,8 @@ UPDATE_ARGS = {
     "momentum_update": (1, (0.01, 0.9)),
     "adagrad_update": (1, (0.01, 1e-7)),
     "adam_update": (2, (0.001, 0.1, 0.001, 1e-7)),
+    "nesterov_update": (1, (0.81, 0.019, 0.01, 0.9)),
+    "rmsprop_update": (1, (0.01, 0.99, 0.01, 1e-7)),
 }
 
 
@@ -520,9 +522,10 @@ def jax_step(params, x, t, lr=BOOK_LR):
 # ``fastbp bench`` can list CONV_LAYER_FAMILIES with ``conv_layer_pair`` and time
 # ``convnet_step`` and ``deep_convnet_inference``.
 
-CONV_LAYER_FAMILIES = ("Convolution", "Pooling", "BatchNormalization", "Dropout")
+CONV_LAYER_FAMILIES = ("Convolution", "Pooling", "ConvPool", "BatchNormalization", "Dropout")
 # Named sizes per family: Convolution (x shape, W shape, stride, pad), Pooling (x shape,
-# pool, stride), BatchNormalization and Dropout (x shape).
+# pool, stride), ConvPool (a Convolution as above, then SimpleConvNet's 2x2 max pooling of
+# stride 2), BatchNormalization and Dropout (x shape).
 CONV_LAYER_SIZES = {
     "Convolution": {
         "simple_convnet": ((100, 1, 28, 28), (30, 1, 5, 5), 1, 0),
@@ -533,6 +536,7 @@ CONV_LAYER_SIZES = {
         "simple_convnet": ((100, 30, 24, 24), 2, 2),
         "deep_pool1": ((100, 16, 28, 28), 2, 2),
     },
+    "ConvPool": {"simple_convnet": ((100, 1, 28, 28), (30, 1, 5, 5), 1, 0)},
     "BatchNormalization": {"100x100": ((100, 100),), "100x4320": ((100, 4320),)},
     "Dropout": {"100x100": ((100, 100),), "100x30x24x24": ((100, 30, 24, 24),)},
 }
@@ -554,10 +558,12 @@ def conv_layer_pair(family, impl, size, dtype):
     module = layers if impl == "fastbp" else reference
     spec = CONV_LAYER_SIZES[family][size]
     x = normal(spec[0], dt, 1)
-    if family == "Convolution":
+    if family in ("Convolution", "ConvPool"):
         layer = module.Convolution(
             normal(spec[1], dt, 2, 0.1), normal(spec[1][0], dt, 3), *spec[2:]
         )
+        if family == "ConvPool":
+            layer = _Chain(layer, module.Pooling(2, 2, 2))
     elif family == "Pooling":
         layer = module.Pooling(spec[1], spec[1], spec[2])
     elif family == "BatchNormalization":
@@ -568,6 +574,77 @@ def conv_layer_pair(family, impl, size, dtype):
     np.random.seed(0)  # noqa: NPY002 (Dropout draws from the global state, as the book)
     dout = normal(layer.forward(x).shape, dt, 4)
     return lambda: layer.forward(x), lambda: layer.backward(dout.copy())
+
+
+class _Chain:
+    """Two layers run as one: forward through both, backward back through both."""
+
+    def __init__(self, first, second):
+        self.first, self.second = first, second
+
+    def forward(self, x):
+        return self.second.forward(self.first.forward(x))
+
+    def backward(self, dout):
+        return self.first.backward(self.second.backward(dout))
+
+
+# The chapter 6-8 kernels on the crossover ladder (``fastbp bench --section crossover``),
+# each through the layer or util function that calls it, on inputs of about n units of
+# the kernel's size in CROSSOVER (elements of its first argument; multiply-adds for the
+# convolutions): LADDER_IMAGES images of 3x3 filters, LADDER_FEATURES features.
+LADDER_IMAGES, LADDER_FILTERS, LADDER_FEATURES = (1, 8, 8), 8, 100
+LADDER_POOL_IMAGES = (4, 12, 12)
+
+
+def layer_ladder_call(name, n, dtype):
+    """A zero-argument callable running kernel ``name`` (a chapter 6-8 kernel) at about
+    ``n`` units of its CROSSOVER size, through fastbp's layer (or util function)."""
+    from fastbp import util
+
+    dt = np.dtype(dtype)
+    c, h, w = LADDER_IMAGES
+    patches = c * 9 * (h - 2) * (w - 2)  # im2col's entries per image
+    if name in ("im2col", "col2im", "conv_forward", "conv_backward"):
+        per_image = {"im2col": c * h * w, "col2im": patches}.get(name, patches * LADDER_FILTERS)
+        x = normal((max(1, n // per_image), c, h, w), dt, 1)
+        if name == "im2col":
+            return lambda: util.im2col(x, 3, 3)
+        if name == "col2im":
+            col = util.im2col(x, 3, 3)
+            return lambda: util.col2im(col, x.shape, 3, 3)
+        W = normal((LADDER_FILTERS, c, 3, 3), dt, 2, 0.1)
+        layer = layers.Convolution(W, np.zeros(LADDER_FILTERS, dt))
+    elif name.startswith("maxpool"):
+        c, h, w = LADDER_POOL_IMAGES
+        per_image = c * h * w // (4 if name == "maxpool_backward" else 1)
+        x = normal((max(1, n // per_image), c, h, w), dt, 1)
+        layer = layers.Pooling(3, 3, 1) if name == "maxpool_forward" else layers.Pooling(2, 2)
+    elif name.startswith(("batchnorm", "dropout")):
+        x = normal((max(1, n // LADDER_FEATURES), LADDER_FEATURES), dt, 1)
+        d = LADDER_FEATURES
+        if name.startswith("dropout"):
+            layer = layers.Dropout(0.5)
+        else:
+            layer = layers.BatchNormalization(np.ones(d, dt), np.zeros(d, dt))
+        train = name != "batchnorm_inference"
+        dout = normal(layer.forward(x, train).shape, dt, 3)
+        if name.endswith("backward"):
+            return lambda: layer.backward(dout)
+        return lambda: layer.forward(x, train)
+    else:
+        raise NotImplementedError(f"unknown kernel {name!r}")
+    dout = normal(layer.forward(x).shape, dt, 3)
+    if name.endswith("backward"):
+        return lambda: layer.backward(dout)
+    return lambda: layer.forward(x)
+
+
+LAYER_LADDER_KERNELS = (
+    "conv_forward", "conv_backward", "im2col", "col2im", "maxpool_forward",
+    "maxpool2x2_forward", "maxpool_backward", "batchnorm_forward", "batchnorm_inference",
+    "batchnorm_backward", "dropout_forward", "dropout_backward",
+)  # fmt: skip
 
 
 def _book_layers(net):

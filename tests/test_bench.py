@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastbp import bench, benchcases, benchloop, cli, report
+from fastbp import bench, benchcases, benchloop, cli, kernels, report
 
 
 def run_bench(tmp_path, *argv):
@@ -164,10 +164,31 @@ def test_train_step_same_update_for_every_impl(dtype):
     assert not np.array_equal(params["reference"]["W2"], start["W2"])
 
 
-@pytest.mark.parametrize("name", [*benchcases.CORE_KERNELS, *benchcases.UPDATE_ARGS])
+@pytest.mark.parametrize("name", bench.LADDER_KERNELS)
 def test_crossover_ladder_runs_every_kernel_on_both_paths(name):
     for fn in bench.ladder_pair(name, 2048, "float32"):
         fn()
+
+
+def test_every_twin_kernel_is_on_the_crossover_ladder():
+    assert set(bench.LADDER_KERNELS) == set(kernels.CROSSOVER)
+
+
+@pytest.mark.parametrize("name", benchcases.LAYER_LADDER_KERNELS)
+def test_layer_ladder_calls_give_the_kernel_about_n_units(name, monkeypatch):
+    """The ladder's size is the one dispatch compares with CROSSOVER[name]."""
+    seen = []
+    real = kernels.dispatch.Twin.pick
+    monkeypatch.setattr(
+        kernels.dispatch.Twin,
+        "pick",
+        lambda twin, size: (seen.append((twin.name, size)), real(twin, size))[1],
+    )
+    call = benchcases.layer_ladder_call(name, 1 << 16, "float64")
+    with kernels.force_path("serial"):  # forced: every call goes through pick
+        call()
+    sizes = [size for kernel, size in seen if kernel == name]
+    assert sizes and all((1 << 15) <= size <= (1 << 16) for size in sizes), seen
 
 
 def test_asv_calls_per_sample_is_a_power_of_ten_in_range():
