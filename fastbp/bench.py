@@ -45,7 +45,7 @@ import numba
 import numpy as np
 
 from fastbp import benchcases, benchloop, kernels, report
-from fastbp.kernels import CROSSOVER
+from fastbp.kernels import CROSSOVER, dispatch
 from fastbp.kernels.dispatch import NEVER
 from fastbp.train import blas_threads
 
@@ -101,8 +101,9 @@ QUICK = Settings(  # the CI smoke run: one size per case, a few short samples
     peer_sizes=((50, 100),), ladder=tuple(1 << p for p in range(10, 23, 4)),
     loop_processes=1, loop_rounds=2, loop_block=5, distributed=(8, 10, 2),
 )  # fmt: skip
-# Fused train step ladder of --section crossover: hidden units (batch from n multiply-adds).
-LADDER_TRAIN_HIDDEN = 100
+# Fused train step ladder of --section crossover: the book's hidden units, on real MNIST
+# images (sparse: the first layer as the user loop takes it); batch from n multiply-adds.
+LADDER_TRAIN_HIDDEN = benchcases.BOOK_HIDDEN
 # Ladder shapes of the 2-D kernels for n elements: affine x[N, K] @ W[K, M] with n
 # multiply-adds (N = n // (K * M): the GEMM kernels' size in CROSSOVER); softmax_ce over
 # n // C rows of C classes.
@@ -383,7 +384,7 @@ def ladder_pair(name, n, dtype):
     callers (``fastbp.fused``, the layers) with a forced path."""
     if name == "two_layer_step":
         batch = n // (benchcases.INPUT_SIZE * LADDER_TRAIN_HIDDEN)  # multiply-adds
-        x, t = benchcases.train_batch(max(1, batch), dtype)
+        x, t = benchcases.mnist_batch(max(1, batch), dtype)
         params = benchcases.two_layer_params(LADDER_TRAIN_HIDDEN, dtype)
         step = benchcases.fused_sgd_step(params, x, t)
         return tuple(functools.partial(_on_path, path, step) for path in ("serial", "parallel"))
@@ -399,16 +400,6 @@ def ladder_pair(name, n, dtype):
             kernel.parallel, *parallel
         )
     return functools.partial(kernel.serial, *args), functools.partial(kernel.parallel, *args)
-
-
-def measured_crossover(ladder):
-    """Smallest size from which the parallel build wins at every larger size; None if never."""
-    found = None
-    for point in reversed(ladder):
-        if point["parallel"] >= point["serial"]:
-            break
-        found = point["size"]
-    return found
 
 
 def crossover_rows(settings, name_filter):
@@ -427,7 +418,7 @@ def crossover_rows(settings, name_filter):
                     "kernel": name,
                     "dtype": dtype,
                     "current": None if CROSSOVER[name] == NEVER else CROSSOVER[name],
-                    "measured": measured_crossover(ladder),
+                    "measured": dispatch.measured_crossover(ladder),
                     "ladder": ladder,
                 }
             )

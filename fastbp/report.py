@@ -182,8 +182,12 @@ def peers_table(result, gradient=False):
 
 
 def crossover_table(result):
-    """Measured crossover per kernel and dtype next to CROSSOVER."""
+    """Measured crossover per kernel and dtype, and CROSSOVER as ``kernels/dispatch.py``
+    makes it of them (the rule, and the values measured in the user loop)."""
+    from fastbp.kernels import dispatch
+
     rows = result.get("crossover", [])
+    rule = {**dispatch.crossovers(rows), **dispatch.MEASURED_IN_THE_LOOP}
     dtypes = sorted({row["dtype"] for row in rows})
     by_kernel = {}
     for row in rows:
@@ -192,7 +196,7 @@ def crossover_table(result):
     body = [
         [
             name,
-            fmt_size(next(iter(found.values()))["current"] or float("inf")),
+            fmt_size(rule[name]),
             *(fmt_size(found[d]["measured"]) if d in found else "-" for d in dtypes),
         ]
         for name, found in by_kernel.items()

@@ -3,7 +3,7 @@
 Every kernel in this package is written once with ``prange``. ``twin`` compiles it twice
 (``parallel=False``, where ``prange`` is ``range``, and ``parallel=True``); calling the twin
 picks by the size of its first argument against ``CROSSOVER[name]``. The crossovers are
-measured with ``fastbp bench --crossover`` on a 2-core machine and live only here.
+measured with ``fastbp bench --section crossover`` on a 2-core machine (``crossover.json``).
 
 ``force_path("serial" | "parallel")`` overrides the choice (tests use it to run both paths)
 for the calling thread only (a ``contextvars`` setting, like ``decimal.localcontext``):
@@ -19,52 +19,59 @@ measured to stall a call by 10-16 ms (a 1M-element ReLU: ~0.1 ms serial); there,
 
 import contextlib
 import contextvars
+import json
 import math
 import os
 import types
+from pathlib import Path
 
 from numba import njit
 
 # Size at which the parallel build starts to win (2 cores): elements of the first argument,
-# or for the GEMM kernels (affine, the fused train step; ``blas.plan``) multiply-adds, N * K
-# * M of their largest product (each thread then runs its block on a private
-# single-threaded BLAS). Measured 2026-12-01 on the idle 2-core machine with ``fastbp bench
-# --section crossover`` (docs/bench.json): serial and parallel builds timed in turn over
-# 1K..4M, float32 and float64; each value is the larger of the two dtypes' smallest size
-# from which the parallel build wins at every larger size (the bench's
-# ``measured_crossover``, the same rule).
+# or for the GEMM kernels (affine, the fused train step, the convolutions; ``blas.plan``)
+# multiply-adds, N * K * M of their largest product (each thread then runs its block on a
+# private single-threaded BLAS). Not typed in: read from ``crossover.json``, the output of
+# ``fastbp bench --section crossover --json kernels/crossover.json`` on the idle 2-core
+# machine (serial and parallel builds timed in turn over 1K..4M, float32 and float64), by
+# the rule below, which the bench's tables use too.
 NEVER = math.inf
-CROSSOVER = {
-    "affine_forward": 1 << 20,
-    "affine_backward": 1 << 17,
-    "relu_forward": 1 << 15,
-    "relu_backward": 1 << 16,
-    "sigmoid_forward": 1 << 13,
-    "sigmoid_backward": 1 << 15,
-    "softmax_ce_forward": 1 << 11,
-    "softmax_ce_backward": 1 << 14,
-    "sgd_update": 1 << 15,
-    "momentum_update": 1 << 15,
-    "adagrad_update": 1 << 13,
-    "adam_update": 1 << 13,
-    "two_layer_step": 1 << 20,
-    # Chapters 6-8 (issue 11): first estimates on the busy 2-core machine, to be measured
-    # with ``fastbp bench --crossover``; the convolutions in multiply-adds, as the GEMMs.
-    "conv_forward": 1 << 17,
-    "conv_backward": 1 << 17,
-    "im2col": 1 << 16,
-    "col2im": 1 << 16,
-    "maxpool_forward": 1 << 15,
-    "maxpool2x2_forward": 1 << 16,
-    "maxpool_backward": 1 << 15,
-    "batchnorm_forward": 1 << 16,
-    "batchnorm_inference": 1 << 16,
-    "batchnorm_backward": 1 << 16,
-    "dropout_forward": 1 << 16,
-    "dropout_backward": 1 << 16,
-    "nesterov_update": 1 << 14,
-    "rmsprop_update": 1 << 14,
-}
+CROSSOVER_FILE = Path(__file__).with_name("crossover.json")
+
+
+def measured_crossover(ladder):
+    """Smallest size of a ladder ([{size, serial, parallel}] by increasing size) from
+    which the parallel build wins at every larger size; None if it never does."""
+    found = None
+    for point in reversed(ladder):
+        if point["parallel"] >= point["serial"]:
+            break
+        found = point["size"]
+    return found
+
+
+def crossovers(rows):
+    """{kernel: crossover} from the bench's crossover rows (one per kernel and dtype):
+    the larger of its dtypes' ``measured_crossover``, NEVER where one never wins."""
+    out = {}
+    for row in rows:
+        found = measured_crossover(row["ladder"])
+        out[row["kernel"]] = max(out.get(row["kernel"], 0), NEVER if found is None else found)
+    return out
+
+
+# Where the ladder is not the user's case: the fused step's ladder (its serial and parallel
+# samples taken in turn) shows no parallel gain on this VM, while in the book's loop
+# (``fastbp bench --section userloop``, 784-50-10, batch 100, float64) the serial build
+# made the gradient phase ~1.4x and the loss phase ~1.5x slower.
+MEASURED_IN_THE_LOOP = {"two_layer_step": 1 << 20}
+
+
+def _load(path=CROSSOVER_FILE):
+    with open(path) as f:
+        return {**crossovers(json.load(f)["crossover"]), **MEASURED_IN_THE_LOOP}
+
+
+CROSSOVER = _load()
 
 # Largest fraction of nonzeros in x at which the fused train step's sparse first layer
 # beats dense BLAS, by the weights' dtype (784-50-10, batch 100, serial, 1 BLAS thread:

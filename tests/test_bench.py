@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fastbp import bench, benchcases, benchloop, cli, kernels, report
+from fastbp.kernels import dispatch
 
 
 def run_bench(tmp_path, *argv):
@@ -61,7 +62,7 @@ def test_crossover_json(tmp_path, capsys):
     for row in rows:
         assert row["current"] == bench.CROSSOVER["relu_backward"]
         assert [point["size"] for point in row["ladder"]] == list(bench.QUICK.ladder)
-        assert row["measured"] == bench.measured_crossover(row["ladder"])
+        assert row["measured"] == dispatch.measured_crossover(row["ladder"])
     assert "relu_backward" in capsys.readouterr().out
 
 
@@ -73,9 +74,9 @@ def ladder(*parallel_wins):
 
 
 def test_measured_crossover_is_where_parallel_wins_from_then_on():
-    assert bench.measured_crossover(ladder(False, True, False, True, True)) == 8
-    assert bench.measured_crossover(ladder(True, True)) == 1
-    assert bench.measured_crossover(ladder(True, False)) is None
+    assert dispatch.measured_crossover(ladder(False, True, False, True, True)) == 8
+    assert dispatch.measured_crossover(ladder(True, True)) == 1
+    assert dispatch.measured_crossover(ladder(True, False)) is None
 
 
 def test_table_is_fixed_width():
@@ -172,6 +173,22 @@ def test_crossover_ladder_runs_every_kernel_on_both_paths(name):
 
 def test_every_twin_kernel_is_on_the_crossover_ladder():
     assert set(bench.LADDER_KERNELS) == set(kernels.CROSSOVER)
+
+
+def test_crossover_is_the_rule_applied_to_the_measured_ladders():
+    """CROSSOVER is read from kernels/crossover.json (the bench's output), both dtypes of
+    every kernel, by the one rule the bench's tables use."""
+    rows = json.loads(dispatch.CROSSOVER_FILE.read_text())["crossover"]
+    assert {(row["kernel"], row["dtype"]) for row in rows} == {
+        (name, dtype) for name in bench.LADDER_KERNELS for dtype in benchcases.DTYPES
+    }
+    for name, value in kernels.CROSSOVER.items():
+        ladders = [row["ladder"] for row in rows if row["kernel"] == name]
+        found = [dispatch.measured_crossover(ladder) for ladder in ladders]
+        if name in dispatch.MEASURED_IN_THE_LOOP:
+            assert value == dispatch.MEASURED_IN_THE_LOOP[name]
+        else:
+            assert value == (dispatch.NEVER if None in found else max(found))
 
 
 @pytest.mark.parametrize("name", benchcases.LAYER_LADDER_KERNELS)
