@@ -592,8 +592,8 @@ class _Chain:
 # The chapter 6-8 kernels on the crossover ladder (``fastbp bench --section crossover``),
 # each through the layer or util function that calls it, on inputs of about n units of
 # the kernel's size in CROSSOVER (elements of its first argument; multiply-adds for the
-# convolutions): LADDER_IMAGES images of 3x3 filters, LADDER_FEATURES features.
-LADDER_IMAGES, LADDER_FILTERS, LADDER_FEATURES = (1, 8, 8), 8, 100
+# convolutions): LADDER_IMAGES images of 3x3 filters, batches of LADDER_ROWS.
+LADDER_IMAGES, LADDER_FILTERS, LADDER_ROWS = (1, 8, 8), 8, 100
 LADDER_POOL_IMAGES = (4, 12, 12)
 
 
@@ -621,8 +621,9 @@ def layer_ladder_call(name, n, dtype):
         x = normal((max(1, n // per_image), c, h, w), dt, 1)
         layer = layers.Pooling(3, 3, 1) if name == "maxpool_forward" else layers.Pooling(2, 2)
     elif name.startswith(("batchnorm", "dropout")):
-        x = normal((max(1, n // LADDER_FEATURES), LADDER_FEATURES), dt, 1)
-        d = LADDER_FEATURES
+        # A batch of LADDER_ROWS, n // LADDER_ROWS features (batch norm's blocks are columns).
+        x = normal((LADDER_ROWS, max(1, n // LADDER_ROWS)), dt, 1)
+        d = x.shape[1]
         if name.startswith("dropout"):
             layer = layers.Dropout(0.5)
         else:
