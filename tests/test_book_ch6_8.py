@@ -147,3 +147,18 @@ def test_book_script_runs_with_the_books_results(trees, script):
         assert all(g <= 2 * e + 1e-12 for g, e in zip(got, expected, strict=True))
     else:
         np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-12)
+
+
+# The book's scripts that only plot (nothing printed to compare): each must run unchanged
+# on fastbp, after the script that writes what it loads. (ch07/apply_filter.py also reads
+# dataset/lena_gray.png, which the book's tree here does not ship.)
+PLOT_ONLY = {"ch07/visualize_filter.py": ("ch07/train_convnet.py", "ch07/params.pkl")}
+
+
+@pytest.mark.parametrize("script", list(PLOT_ONLY))
+def test_plot_only_book_script_runs(trees, script):
+    writer, saved = PLOT_ONLY[script]
+    fast_tree = trees[1]
+    if not (fast_tree / saved).exists():
+        run(fast_tree, writer)
+    assert run(fast_tree, script) == ""
