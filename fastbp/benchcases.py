@@ -615,11 +615,13 @@ def layer_ladder_call(name, n, dtype):
             return lambda: util.col2im(col, x.shape, 3, 3)
         W = normal((LADDER_FILTERS, c, 3, 3), dt, 2, 0.1)
         layer = layers.Convolution(W, np.zeros(LADDER_FILTERS, dt))
+        forward = functools.partial(layer.forward, x)
     elif name.startswith("maxpool"):
         c, h, w = LADDER_POOL_IMAGES
         per_image = c * h * w // (4 if name == "maxpool_backward" else 1)
         x = normal((max(1, n // per_image), c, h, w), dt, 1)
         layer = layers.Pooling(3, 3, 1) if name == "maxpool_forward" else layers.Pooling(2, 2)
+        forward = functools.partial(layer.forward, x)
     elif name.startswith(("batchnorm", "dropout")):
         # A batch of LADDER_ROWS, n // LADDER_ROWS features (batch norm's blocks are columns).
         x = normal((LADDER_ROWS, max(1, n // LADDER_ROWS)), dt, 1)
@@ -628,17 +630,11 @@ def layer_ladder_call(name, n, dtype):
             layer = layers.Dropout(0.5)
         else:
             layer = layers.BatchNormalization(np.ones(d, dt), np.zeros(d, dt))
-        train = name != "batchnorm_inference"
-        dout = normal(layer.forward(x, train).shape, dt, 3)
-        if name.endswith("backward"):
-            return lambda: layer.backward(dout)
-        return lambda: layer.forward(x, train)
+        forward = functools.partial(layer.forward, x, name != "batchnorm_inference")
     else:
         raise NotImplementedError(f"unknown kernel {name!r}")
-    dout = normal(layer.forward(x).shape, dt, 3)
-    if name.endswith("backward"):
-        return lambda: layer.backward(dout)
-    return lambda: layer.forward(x)
+    dout = normal(forward().shape, dt, 3)
+    return (lambda: layer.backward(dout)) if name.endswith("backward") else forward
 
 
 LAYER_LADDER_KERNELS = (

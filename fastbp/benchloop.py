@@ -47,9 +47,10 @@ def child(variant, rounds, block):
     "numba_loaded": whether Numba was imported}."""
     per_epoch = bookloop.iterations_per_epoch()
     measured = "book" if variant == "book-after" else variant
-    loops = {}
-    for name in {*WARM_EPOCHS[variant], measured}:
-        loops[name] = bookloop.user_loop(bookloop.user_loop_net(name))
+    loops = {  # built in a fixed order: each net reseeds np.random, which draws the batches
+        name: bookloop.user_loop(bookloop.user_loop_net(name))
+        for name in dict.fromkeys((*WARM_EPOCHS[variant], measured))
+    }
     for name in WARM_EPOCHS[variant]:
         phases, accuracy = loops[name]
         for _ in range(per_epoch):

@@ -3,7 +3,7 @@ book's classes, the book's net over ``fastbp.layers`` and ``fastbp.nets`` (``use
 
 Importing this module loads no Numba (``fastbp.nets`` is imported by the variant that
 needs it), so a process timing the book's classes alone can use it without fastbp's
-kernels ever loading (``fastbp.benchuser``).
+kernels ever loading (``fastbp.benchloop``).
 """
 
 import functools

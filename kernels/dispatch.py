@@ -49,16 +49,6 @@ def measured_crossover(ladder):
     return found
 
 
-def crossovers(rows):
-    """{kernel: crossover} from the bench's crossover rows (one per kernel and dtype):
-    the larger of its dtypes' ``measured_crossover``, NEVER where one never wins."""
-    out = {}
-    for row in rows:
-        found = measured_crossover(row["ladder"])
-        out[row["kernel"]] = max(out.get(row["kernel"], 0), NEVER if found is None else found)
-    return out
-
-
 # Where the ladder is not the user's case: the fused step's ladder (its serial and parallel
 # samples taken in turn) shows no parallel gain on this VM, while in the book's loop
 # (``fastbp bench --section userloop``, 784-50-10, batch 100, float64) the serial build
@@ -66,12 +56,19 @@ def crossovers(rows):
 MEASURED_IN_THE_LOOP = {"two_layer_step": 1 << 20}
 
 
-def _load(path=CROSSOVER_FILE):
-    with open(path) as f:
-        return {**crossovers(json.load(f)["crossover"]), **MEASURED_IN_THE_LOOP}
+def crossovers(rows):
+    """{kernel: crossover} from the bench's crossover rows (one per kernel and dtype):
+    the larger of its dtypes' ``measured_crossover``, NEVER where one never wins; the
+    kernels of ``MEASURED_IN_THE_LOOP`` take their value from there."""
+    out = {}
+    for row in rows:
+        found = measured_crossover(row["ladder"])
+        out[row["kernel"]] = max(out.get(row["kernel"], 0), NEVER if found is None else found)
+    return {**out, **MEASURED_IN_THE_LOOP}
 
 
-CROSSOVER = _load()
+with open(CROSSOVER_FILE) as _file:
+    CROSSOVER = crossovers(json.load(_file)["crossover"])
 
 # Largest fraction of nonzeros in x at which the fused train step's sparse first layer
 # beats dense BLAS, by the weights' dtype (784-50-10, batch 100, serial, 1 BLAS thread:
