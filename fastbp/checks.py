@@ -56,6 +56,19 @@ def float_array(name, a, ndim=None, min_ndim=0):
     return a
 
 
+def bias(name, b, d, dtype):
+    """A bias of d entries as a float (d,) array: given as shape (d,) or (1, d), or as a
+    Python number (the book's ``Convolution(w, 0)``), which broadcasts like the book's
+    ``... + self.b`` and, like it, leaves the result dtype alone (a (d,) array in
+    ``dtype``, the weights')."""
+    if type(b) in (int, float):  # not bool, nor NumPy's scalars (they set the dtype)
+        return np.full(d, b, dtype)
+    b = float_array(name, b)
+    if b.shape not in ((d,), (1, d)):  # a (1, d) row broadcasts in the book's NumPy too
+        raise ValueError(f"{name} has shape {b.shape}, expected ({d},) or (1, {d})")
+    return b.reshape(d)
+
+
 def updatable(name, p, ndim=None):
     """A ``frozen`` view of ``p`` (its memory: updating the view updates ``p``), checked to
     be updatable in place: a writable, C-contiguous, native-byte-order float32/float64

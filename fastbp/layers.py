@@ -133,11 +133,7 @@ class Affine(reference.Affine):
 
     def _params(self):
         W = checks.float_array("W", self.W, ndim=2)
-        b = checks.float_array("b", self.b)
-        m = W.shape[1]
-        if b.shape not in ((m,), (1, m)):  # a (1, M) row broadcasts in the book's NumPy too
-            raise ValueError(f"b has shape {b.shape}, expected ({m},) or (1, {m}) to match W")
-        return W, b.reshape(m)
+        return W, checks.bias("b", self.b, W.shape[1], W.dtype)
 
     def forward(self, x):
         x = checks.batch("x", x, min_ndim=2)
@@ -414,8 +410,7 @@ class Convolution(_Window):
 
     def _filters(self):
         W = checks.float_array("W", self.W, ndim=4)
-        b = _vector("b", self.b, W.shape[0])
-        return W, b
+        return W, checks.bias("b", self.b, W.shape[0], W.dtype)
 
     def forward(self, x):
         x = util.real_images("x", x)

@@ -373,7 +373,8 @@ SPECIFIC = [
     ("Affine", "b", "row_1xM", lambda a: a[None], SAME),  # broadcasts, as in the book
     _bad("Affine", "b", "rank3", lambda a: a[None, None]),
     _bad("Affine", "b", "column_Mx1", lambda a: a[:, None]),
-    _bad("Affine", "b", "scalar", replace(0.5)),
+    ("Affine", "b", "number", replace(0.5), SAME),  # broadcasts, as in the book
+    _bad("Affine", "b", "numpy_scalar", replace(np.float64(0.5))),
     _bad("Affine", "b", "wrong_length", lambda a: a[:-1]),
     _bad("Affine", "dout", "rank1", lambda a: a[0]),
     _bad("Affine", "dout", "short_batch", lambda a: a[:-1]),

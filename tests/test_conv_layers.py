@@ -120,6 +120,19 @@ def test_convolution_matches_the_reference(rng, path, case, x_dtype, w_dtype):
     assert_same_array(layer.db, edb, rtol)
 
 
+@pytest.mark.parametrize("bias", [0, 0.5])
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_convolution_takes_a_number_as_bias_like_the_book(rng, bias, dtype):
+    """ch07/apply_filter.py builds ``Convolution(w, 0)``: the number broadcasts, and the
+    result dtype stays that of x and W."""
+    x, W, _, stride, pad = conv_data(rng, "stride2_pad1", dtype, dtype)
+    layer, book = fast.Convolution(W, bias, stride, pad), ref.Convolution(W, bias, stride, pad)
+    assert_same_array(layer.forward(x), book.forward(x), rtol_for(dtype, dtype))
+    dout = normal(rng, book.forward(x).shape, dtype)
+    assert_same_array(layer.backward(dout), book.backward(dout), rtol_for(dtype, dtype))
+    assert_same_array(layer.db, book.db, rtol_for(dtype, dtype))
+
+
 def test_convolution_holds_W_by_reference(rng):
     x, W, b, stride, pad = conv_data(rng, "stride2_pad1", F64, F64)
     layer = fast.Convolution(W, b, stride, pad)

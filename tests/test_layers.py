@@ -149,6 +149,18 @@ def test_affine_matches_book(rng, x_shape, dtypes):
     check_affine(*affine_data(rng, x_shape, *dtypes))
 
 
+@pytest.mark.parametrize("bias", [0, -1.5])
+@pytest.mark.parametrize("dtypes", [(F32, F32), (F32, F64), (F64, F64)], ids=str)
+def test_affine_takes_a_number_as_bias_like_the_book(rng, bias, dtypes):
+    """The number broadcasts as in the book's ``x @ W + b`` and leaves the dtypes alone."""
+    x, W, _, dout = affine_data(rng, (7, 6), *dtypes, dtypes[1])
+    layer, book_layer = fast.Affine(W, bias), book.Affine(W, bias)
+    out, expected = layer.forward(x), book_layer.forward(x)
+    assert_same_array(out, expected, rtol_for(np.result_type(x, W)))
+    assert_same_array(layer.backward(dout), book_layer.backward(dout), rtol_for(out.dtype))
+    assert_same_array(layer.db, book_layer.db, rtol_for(dout.dtype))
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("x_shape", AFFINE_X.values(), ids=AFFINE_X.keys())
 def test_affine_accepts_any_layout(rng, x_shape, layout):
