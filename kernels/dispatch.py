@@ -38,14 +38,21 @@ NEVER = math.inf
 CROSSOVER_FILE = Path(__file__).with_name("crossover.json")
 
 
-def measured_crossover(ladder):
-    """Smallest size of a ladder ([{size, serial, parallel}] by increasing size) from
-    which the parallel build wins at every larger size; None if it never does."""
-    found = None
-    for point in reversed(ladder):
-        if point["parallel"] >= point["serial"]:
-            break
-        found = point["size"]
+def measured_crossover(*ladders):
+    """Size from which the parallel build should run, by ladders ([{size, serial,
+    parallel}], one per dtype, on the same sizes): the one at which dispatching (serial
+    below it, parallel from it) gives the least total log time over all their points, so a
+    single noisy point cannot move it far; None where serial everywhere is best."""
+    gain = {}  # size -> summed log(parallel / serial): what running parallel there costs
+    for ladder in ladders:
+        for point in ladder:
+            ratio = math.log(point["parallel"] / point["serial"])
+            gain[point["size"]] = gain.get(point["size"], 0.0) + ratio
+    found, least, total = None, 0.0, 0.0
+    for size in sorted(gain, reverse=True):
+        total += gain[size]
+        if total < least:
+            found, least = size, total
     return found
 
 
@@ -58,12 +65,15 @@ MEASURED_IN_THE_LOOP = {"two_layer_step": 1 << 20}
 
 def crossovers(rows):
     """{kernel: crossover} from the bench's crossover rows (one per kernel and dtype):
-    the larger of its dtypes' ``measured_crossover``, NEVER where one never wins; the
-    kernels of ``MEASURED_IN_THE_LOOP`` take their value from there."""
-    out = {}
+    ``measured_crossover`` of the kernel's ladders together, NEVER where serial is best;
+    the kernels of ``MEASURED_IN_THE_LOOP`` take their value from there."""
+    ladders = {}
     for row in rows:
-        found = measured_crossover(row["ladder"])
-        out[row["kernel"]] = max(out.get(row["kernel"], 0), NEVER if found is None else found)
+        ladders.setdefault(row["kernel"], []).append(row["ladder"])
+    out = {}
+    for name, found in ladders.items():
+        size = measured_crossover(*found)
+        out[name] = NEVER if size is None else size
     return {**out, **MEASURED_IN_THE_LOOP}
 
 

@@ -73,10 +73,18 @@ def ladder(*parallel_wins):
     ]
 
 
-def test_measured_crossover_is_where_parallel_wins_from_then_on():
+def test_measured_crossover_is_where_dispatching_costs_least():
     assert dispatch.measured_crossover(ladder(False, True, False, True, True)) == 8
     assert dispatch.measured_crossover(ladder(True, True)) == 1
     assert dispatch.measured_crossover(ladder(True, False)) is None
+    # One noisy point does not move it (the old rule said 16 here, or never) ...
+    assert dispatch.measured_crossover(ladder(False, True, True, False, True, True)) == 2
+    assert dispatch.measured_crossover(ladder(False, False, True, True, True, False)) == 4
+    # ... and the dtypes' ladders count together.
+    assert dispatch.measured_crossover(ladder(False, True, False)) is None
+    assert dispatch.measured_crossover(ladder(False, True, True), ladder(False, True, False)) == 2
+    never = ladder(False, False, False)
+    assert dispatch.measured_crossover(ladder(False, False, True), never) is None
 
 
 def test_table_is_fixed_width():
@@ -184,11 +192,11 @@ def test_crossover_is_the_rule_applied_to_the_measured_ladders():
     }
     for name, value in kernels.CROSSOVER.items():
         ladders = [row["ladder"] for row in rows if row["kernel"] == name]
-        found = [dispatch.measured_crossover(ladder) for ladder in ladders]
+        found = dispatch.measured_crossover(*ladders)
         if name in dispatch.MEASURED_IN_THE_LOOP:
             assert value == dispatch.MEASURED_IN_THE_LOOP[name]
         else:
-            assert value == (dispatch.NEVER if None in found else max(found))
+            assert value == (dispatch.NEVER if found is None else found)
 
 
 @pytest.mark.parametrize("name", benchcases.LAYER_LADDER_KERNELS)
