@@ -176,8 +176,8 @@ def kernel_function(name):
 def gemm_plan_args(name, args, blocks):
     """``kernel_args`` of an affine kernel completed for the twin's builds themselves:
     its work split in ``blocks`` blocks on the private single-threaded BLAS."""
-    if name == "affine_forward":
-        return (*args, None, blocks, True)
+    if name == "affine_forward":  # dense: the density of the ladder's normal draws
+        return (*args, None, -1.0, np.empty((blocks, args[1].shape[1]), np.int64), True)
     return (*args, np.empty((blocks, args[0].shape[1]), args[0].dtype), True)
 
 

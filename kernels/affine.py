@@ -2,7 +2,9 @@
 
 The work is cut into ``P`` blocks (one per Numba thread in the parallel build, 1 in the
 serial build; ``blas.plan`` chooses), each block calling the BLAS on its own rows of the
-batch (and, backward, its own rows of dW), single-threaded when ``P > 1``. W, b, dout,
+batch (and, backward, its own rows of dW), single-threaded when ``P > 1``. A block of
+mostly-zero rows of x (MNIST images: about 80% zeros) skips the BLAS forward: each row's
+output is the sum of the W rows at its nonzeros (``kernels/nonzeros.py``). W, b, dout,
 dx, dW and db share one float dtype (float32 or float64); all arrays are C-contiguous
 and checked by the caller (``fastbp.layers.Affine``).
 """
@@ -11,26 +13,41 @@ import numpy as np
 from numba import prange
 
 from fastbp.kernels.blas import block_of, gemm, plan, rows_in_dtype, sum_blocks
-from fastbp.kernels.dispatch import twin
+from fastbp.kernels.dispatch import SPARSE_DENSITY, twin
+from fastbp.kernels.nonzeros import combine_rows, count_nonzeros, record_nonzeros
 
 # Rows of x cast at a time into a block's scratch rows (float32 images, float64 weights).
 CAST_ROWS = 128
 
 
 @twin
-def affine_forward(out, x, W, b, xw, blocks, own):
-    """out[N, M] = x[N, K] @ W[K, M] + b[M], written in place, on ``blocks`` blocks of
-    rows. xw: None when x has W's dtype, else a scratch xw[blocks * CAST_ROWS, K] in W's
-    dtype where each block casts CAST_ROWS of its rows of x at a time (no full-size copy
-    of x). ``own``: each block on the private single-threaded BLAS (``blas.plan``)."""
-    n = x.shape[0]
+def affine_forward(out, x, W, b, xw, density, cols, own):
+    """out[N, M] = x[N, K] @ W[K, M] + b[M], written in place, on P = cols.shape[0]
+    blocks of rows. xw: None when x has W's dtype, else a scratch xw[P * CAST_ROWS, K] in
+    W's dtype where each block casts CAST_ROWS of its rows of x at a time (no full-size
+    copy of x). A block whose rows have at most a fraction ``density`` of nonzeros
+    (negative: never counted) takes the sparse rows, recording each row's nonzeros into
+    its cols[p] (int64, K each). ``own``: each block on the private single-threaded BLAS
+    (``blas.plan``)."""
+    n, k = x.shape
+    blocks = cols.shape[0]
     for p in prange(blocks):
         lo, hi = block_of(p, blocks, n)
-        step = max(hi - lo, 1) if xw is None else CAST_ROWS
-        for s0 in range(lo, hi, step):
-            s1 = min(s0 + step, hi)
-            rows = rows_in_dtype(x, xw, s0, s1, p * CAST_ROWS)
-            gemm(rows, W, out[s0:s1], False, False, own)
+        nonzeros, limit = 0, density * (hi - lo) * k
+        for i in range(lo, hi):
+            if density < 0 or nonzeros > limit:
+                break
+            nonzeros += count_nonzeros(x[i])
+        if density >= 0 and nonzeros <= limit:
+            for i in range(lo, hi):
+                end = record_nonzeros(x[i], cols[p], 0, k)
+                combine_rows(W, x[i], cols[p], 0, end, out[i])
+        else:
+            step = max(hi - lo, 1) if xw is None else CAST_ROWS
+            for s0 in range(lo, hi, step):
+                s1 = min(s0 + step, hi)
+                rows = rows_in_dtype(x, xw, s0, s1, p * CAST_ROWS)
+                gemm(rows, W, out[s0:s1], False, False, own)
         for i in range(lo, hi):
             for j in range(out.shape[1]):
                 out[i, j] += b[j]
@@ -60,10 +77,13 @@ def affine_backward(dout, x, W, dx, dW, db, need_dx, dbp, own):
 
 def forward(out, x, W, b):
     """``affine_forward`` on the blocks ``blas.plan`` picks: x[N, K] (float32 or W's
-    dtype, C-contiguous), W[K, M], b[M], out[N, M] in W's dtype."""
+    dtype, C-contiguous), W[K, M], b[M], out[N, M] in W's dtype; sparse blocks up to the
+    fused step's measured density (``SPARSE_DENSITY``)."""
     build, blocks, own = plan(affine_forward, out.size * x.shape[1])
-    xw = np.empty((blocks * CAST_ROWS, x.shape[1]), W.dtype) if x.dtype != W.dtype else None
-    build(out, x, W, b, xw, blocks, own)
+    k = x.shape[1]
+    xw = np.empty((blocks * CAST_ROWS, k), W.dtype) if x.dtype != W.dtype else None
+    cols = np.empty((blocks, k), np.int64)
+    build(out, x, W, b, xw, SPARSE_DENSITY[W.dtype.name], cols, own)
 
 
 def backward(dout, x, W, dx, dW, db, need_dx):

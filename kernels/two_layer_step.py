@@ -21,11 +21,13 @@ calling the BLAS on its own rows (single-threaded BLAS in the parallel build, se
                                         sparse: per column of x, dz1 rows at its nonzeros
 
 There is no dx for the first layer. The sparse first layer is taken when x has at most
-``max_nnz`` nonzeros (negative: never, and nonzeros are not counted). It stores x's
-nonzeros by row (CSR) and by column (CSC): ``nz`` (int64) holds N + 1 row offsets, K + 1
-column offsets, the column of each nonzero (N + max_nnz: one spare slot per row) and the
-row of each (max_nnz); the values are read from x. ``xw`` is x in the weights' dtype: pass
-x itself when the dtypes agree, else a buffer of x's shape that the dense path fills. All
+``max_nnz`` nonzeros (negative: never, and nonzeros are not counted): ``nz`` (int64)
+holds N + 1 row offsets (the counts), N row ends (as recorded), K + P column offsets (one
+more than its columns per block of dW1 rows), the column of each nonzero (max_nnz: by
+row, recorded by each block for its rows), the row of each (max_nnz: by column, sorted by
+each block for its columns of dW1) and P * N scratch; the values are read from x
+(``kernels/nonzeros.py``). ``xw`` is x in the weights' dtype: pass x itself when the
+dtypes agree, else a buffer of x's shape that the dense path fills. All
 arrays are C-contiguous; the labels t[N] are class indices (intp) in [0, C), validated by
 ``fastbp.fused``.
 """
@@ -35,101 +37,21 @@ from numba import njit, prange
 
 from fastbp.kernels.blas import block_of, gemm, rows_in_dtype, sum_blocks
 from fastbp.kernels.dispatch import FASTMATH, twin
+from fastbp.kernels.nonzeros import combine_rows, count_nonzeros, record_nonzeros
 from fastbp.kernels.softmax_ce import LOG_EPS, softmax_row
 
 jit = njit(inline="always", cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
 
 
 @jit
-def count_row(x, i):
-    """Number of nonzeros in row i of x (vectorised: no branch)."""
-    count = 0
-    for c in range(x.shape[1]):
-        count += x[i, c] != 0
-    return count
-
-
-@jit
-def record_row(x, i, cols, p):
-    """Columns of row i's nonzeros into cols[p:]; returns the end position.
-
-    Branch-free within blocks of 8 (all-zero blocks are skipped): every column is written
-    and the position advances past nonzeros only, so one spare slot follows the row.
-    """
-    k = x.shape[1]
-    for c0 in range(0, k, 8):
-        if c0 + 8 <= k:  # a full block: constant trip counts, unrolled
-            nonzero = False
-            for c in range(c0, c0 + 8):
-                nonzero |= x[i, c] != 0
-            if nonzero:
-                for c in range(c0, c0 + 8):
-                    cols[p] = c
-                    p += x[i, c] != 0
-        else:
-            for c in range(c0, k):
-                cols[p] = c
-                p += x[i, c] != 0
-    return p
-
-
-@jit
-def combine_rows(A, x, r, by_row, idx, lo, hi, out):
-    """out[r, :] = sum over p in [lo, hi) of v_p * A[idx[p], :] (0 for an empty range),
-    with v_p = x[r, idx[p]] if ``by_row`` else x[idx[p], r].
-
-    Four terms per pass over the row, so out[r] is loaded and stored a quarter as often.
-    """
-    for j in range(out.shape[1]):
-        out[r, j] = 0
-    p = lo
-    while p <= hi - 4:
-        a, b, c, d = idx[p], idx[p + 1], idx[p + 2], idx[p + 3]
-        if by_row:
-            va, vb, vc, vd = x[r, a], x[r, b], x[r, c], x[r, d]
-        else:
-            va, vb, vc, vd = x[a, r], x[b, r], x[c, r], x[d, r]
-        for j in range(out.shape[1]):
-            out[r, j] += va * A[a, j] + vb * A[b, j] + vc * A[c, j] + vd * A[d, j]
-        p += 4
-    for q in range(p, hi):
-        a = idx[q]
-        va = x[r, a] if by_row else x[a, r]
-        for j in range(out.shape[1]):
-            out[r, j] += va * A[a, j]
-
-
-@jit
-def transpose_nonzeros(rowptr, cols, colptr, rows):
-    """CSC (colptr, rows) of the recorded CSR nonzeros (row i's at rowptr[i] + i)."""
-    n = rowptr.size - 1
-    for c in range(colptr.size):
-        colptr[c] = 0
-    for i in range(n):
-        for p in range(rowptr[i] + i, rowptr[i + 1] + i):
-            colptr[cols[p] + 1] += 1
-    for c in range(colptr.size - 1):
-        colptr[c + 1] += colptr[c]
-    for i in range(n):  # colptr[c] runs ahead as the fill cursor of column c ...
-        for p in range(rowptr[i] + i, rowptr[i + 1] + i):
-            q = colptr[cols[p]]
-            rows[q] = i
-            colptr[cols[p]] = q + 1
-    for c in range(colptr.size - 1, 0, -1):  # ... and is shifted back afterwards
-        colptr[c] = colptr[c - 1]
-    colptr[0] = 0
-
-
-@jit
-def first_layer(x, xw, cast, W1, b1, sparse, nz, z1, lo, hi, own):
-    """z1[lo:hi] = max(x[lo:hi] @ W1 + b1, 0) (sparse: from the CSR nonzeros it records)."""
-    n, k = x.shape
-    rowptr, cols = nz[: n + 1], nz[n + k + 2 :]
+def first_layer(x, xw, cast, W1, b1, sparse, rowptr, ends, cols, z1, lo, hi, own):
+    """z1[lo:hi] = max(x[lo:hi] @ W1 + b1, 0) (sparse: row i's nonzeros recorded into
+    cols[rowptr[i] : ends[i]], at most its counted rowptr[i + 1] - rowptr[i] of them,
+    then the W1 rows at them summed)."""
     if sparse:
         for i in range(lo, hi):
-            start = rowptr[i] + i
-            end = record_row(x, i, cols, start)
-            combine_rows(W1, x, i, True, cols, start, end, z1)
+            ends[i] = record_nonzeros(x[i], cols, rowptr[i], rowptr[i + 1])
+            combine_rows(W1, x[i], cols, rowptr[i], ends[i], z1[i])
     else:
         rows = rows_in_dtype(x, xw, lo, hi, lo) if cast else xw[lo:hi]
         gemm(rows, W1, z1[lo:hi], False, False, own)
@@ -173,6 +95,60 @@ def output_layer(t, W2, b2, z1, y, dy, dz1, dW2p, db1p, db2p, lo, hi, scale, own
     return loss
 
 
+@jit
+def first_at_least(cols, lo, hi, c):
+    """First position in [lo, hi) of the sorted cols[lo:hi] holding a value >= c (hi if none)."""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if cols[mid] < c:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@jit
+def sparse_dW1(x, dz1, W1, dW1, lr, update, rowptr, ends, cols, offsets, rows, cursor, lo, hi):
+    """dW1[lo:hi] = x[:, lo:hi].T @ dz1 from the recorded nonzeros (row i's columns in
+    cols[rowptr[i] : ends[i]], sorted): they are sorted by column, column c's rows into
+    rows[offsets[c - lo] : offsets[c - lo + 1]] (offsets[hi - lo + 1]; the positions are
+    those among all columns', so blocks of columns write apart), then the dz1 rows at
+    each column's summed. cursor[N]: scratch. With ``update``, W1[r] -= lr * dW1[r],
+    skipping the rows r of all-zero columns (dW1[r] = 0 is then left unwritten)."""
+    n = x.shape[0]
+    base = 0  # nonzeros in the columns before lo, all rows
+    for c in range(offsets.size):
+        offsets[c] = 0
+    for i in range(n):
+        cursor[i] = first_at_least(cols, rowptr[i], ends[i], lo)
+        base += cursor[i] - rowptr[i]
+        for p in range(cursor[i], ends[i]):
+            if cols[p] >= hi:
+                break
+            offsets[cols[p] - lo + 1] += 1
+    offsets[0] = base
+    for c in range(hi - lo):
+        offsets[c + 1] += offsets[c]
+    for i in range(n):  # offsets[c] runs ahead as the fill cursor of column lo + c ...
+        for p in range(cursor[i], ends[i]):
+            c = cols[p] - lo
+            if c >= hi - lo:
+                break
+            rows[offsets[c]] = i
+            offsets[c] += 1
+    for c in range(hi - lo, 0, -1):  # ... and is shifted back afterwards
+        offsets[c] = offsets[c - 1]
+    offsets[0] = base
+    for r in range(lo, hi):
+        start, end = offsets[r - lo], offsets[r - lo + 1]
+        if update and start == end:
+            continue
+        combine_rows(dz1, x[:, r], rows, start, end, dW1[r])
+        if update:
+            for j in range(W1.shape[1]):
+                W1[r, j] -= lr * dW1[r, j]
+
+
 @twin
 def two_layer_step(
     x, xw, cast, t, W1, b1, W2, b2, lr, update, max_nnz, nz,
@@ -183,25 +159,24 @@ def two_layer_step(
     the dW1 rows of all-zero columns of x, as the update does). z1[N, H], y[N, C],
     dy[N, C], dz1[N, H] end as the hidden activations, the softmax output, dLoss/dlogits
     and dLoss/dz1; dW2p[P, H, C], db1p[P, H], db2p[P, C], lossp[P] are the blocks' partial
-    sums. ``own``: the GEMMs on the private
-    single-threaded BLAS (``blas.plan``)."""
+    sums. ``own``: the GEMMs on the private single-threaded BLAS (``blas.plan``)."""
     n, k = x.shape
     blocks = dW2p.shape[0]
-    rowptr, colptr = nz[: n + 1], nz[n + 1 : n + k + 2]
     cap = max(max_nnz, 0)
-    cols, rows = nz[n + k + 2 : n + k + 2 + n + cap], nz[n + k + 2 + n + cap :]
+    rowptr, ends = nz[: n + 1], nz[n + 1 : 2 * n + 1]
+    colptr = nz[2 * n + 1 : 2 * n + 1 + k + blocks]
+    cols = nz[2 * n + 1 + k + blocks : 2 * n + 1 + k + blocks + cap]
+    rows = nz[2 * n + 1 + k + blocks + cap :]
     sparse = False
     if max_nnz >= 0:
-        for i in range(n):  # serial: cheaper than waking a thread for one pass over x
-            rowptr[i + 1] = count_row(x, i)
         rowptr[0] = 0
-        for i in range(n):
-            rowptr[i + 1] += rowptr[i]
+        for i in range(n):  # serial: cheaper than waking a thread for one pass over x
+            rowptr[i + 1] = rowptr[i] + count_nonzeros(x[i])
         sparse = rowptr[n] <= max_nnz
     scale = 1.0 / n
     for p in prange(blocks):
         lo, hi = block_of(p, blocks, n)
-        first_layer(x, xw, cast, W1, b1, sparse, nz, z1, lo, hi, own)
+        first_layer(x, xw, cast, W1, b1, sparse, rowptr, ends, cols, z1, lo, hi, own)
         lossp[p] = output_layer(
             t, W2, b2, z1, y, dy, dz1, dW2p[p], db1p[p], db2p[p], lo, hi, scale, own, backward
         )
@@ -210,20 +185,18 @@ def two_layer_step(
         loss += lossp[p]
     if not backward:
         return loss / n
-    if sparse:
-        transpose_nonzeros(rowptr, cols, colptr, rows)
     for p in prange(blocks):
         lo, hi = block_of(p, blocks, k)
         if sparse:
-            for r in range(lo, hi):
-                # An all-zero column r of x has dW1[r] = 0: the update leaves W1[r], dW1[r].
-                if not update or colptr[r + 1] > colptr[r]:
-                    combine_rows(dz1, x, r, False, rows, colptr[r], colptr[r + 1], dW1)
+            offsets = colptr[lo + p : hi + p + 1]
+            cursor = rows[cap + p * n : cap + (p + 1) * n]
+            sparse_dW1(
+                x, dz1, W1, dW1, lr, update, rowptr, ends, cols, offsets, rows, cursor, lo, hi
+            )
         else:
             gemm(xw[:, lo:hi], dz1, dW1[lo:hi], True, False, own)
-        if update:
-            for r in range(lo, hi):
-                if not sparse or colptr[r + 1] > colptr[r]:
+            if update:
+                for r in range(lo, hi):
                     for j in range(W1.shape[1]):
                         W1[r, j] -= lr * dW1[r, j]
     h, c = W2.shape

@@ -110,8 +110,9 @@ def test_affine_forward(rng, dtype, shape, blocks):
     n, k, m = shape
     x, W, b = normal(rng, (n, k), dtype), normal(rng, (k, m), dtype), normal(rng, m, dtype)
     out = np.empty((n, m), dtype)
+    cols = np.empty((blocks, k), np.int64)
     (out,), _ = run_builds(
-        kernels.affine_forward, (out, x, W, b, None, blocks, blocks > 1), {0: out}
+        kernels.affine_forward, (out, x, W, b, None, -1.0, cols, blocks > 1), {0: out}
     )
     assert_close(out, ref.affine_forward(x, W, b), rtol_for(dtype))
 
@@ -125,9 +126,32 @@ def test_affine_forward_casts_float32_rows_by_blocks(rng, shape, blocks):
     x = normal(rng, (n, k), np.float32)
     W, b = normal(rng, (k, m), np.float64), normal(rng, m, np.float64)
     out, scratch = np.empty((n, m)), np.empty((blocks * affine.CAST_ROWS, k))
-    args = (out, x, W, b, scratch, blocks, blocks > 1)
+    args = (out, x, W, b, scratch, -1.0, np.empty((blocks, k), np.int64), blocks > 1)
     (out, _), _ = run_builds(kernels.affine_forward, args, {0: out, 4: scratch})
     assert_close(out, ref.affine_forward(x, W, b), rtol_for(np.float64))
+
+
+@pytest.mark.parametrize("blocks", [1, 2, 3])
+@pytest.mark.parametrize("shape", [(1, 5, 3), (7, 13, 11), (40, 50, 9), (257, 100, 31)])
+@pytest.mark.parametrize(
+    "x_dtype,w_dtype",
+    [(np.float32, np.float64), (np.float32, np.float32), (np.float64, np.float64)],
+)
+def test_affine_forward_sparse_rows(rng, shape, blocks, x_dtype, w_dtype):
+    """Blocks of mostly-zero rows (all-zero rows, NaN and -0.0 among them) sum the W rows
+    at their nonzeros: equal to the dense product, in both builds."""
+    n, k, m = shape
+    x = rng.random((n, k)) * (rng.random((n, k)) < 0.2)
+    x[n // 2] = 0
+    x[0, : min(k, 3)] = [np.nan, -0.0, 1.5][: min(k, 3)]
+    x = x.astype(x_dtype)
+    W, b = normal(rng, (k, m), w_dtype), normal(rng, m, w_dtype)
+    xw = None if x_dtype == w_dtype else np.empty((blocks * affine.CAST_ROWS, k), w_dtype)
+    expected = ref.affine_forward(x.astype(w_dtype), W, b)
+    for build in (kernels.affine_forward.serial, kernels.affine_forward.parallel):
+        out, cols = np.full((n, m), np.nan, w_dtype), np.empty((blocks, k), np.int64)
+        build(out, x, W, b, xw, 0.25, cols, blocks > 1)
+        assert_close(out, expected, rtol_for(w_dtype))
 
 
 @pytest.mark.parametrize("need_dx", [True, False], ids=["need_dx", "no_dx"])
