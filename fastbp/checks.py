@@ -65,7 +65,7 @@ def bias(name, b, d, dtype):
         return np.full(d, b, dtype)
     b = float_array(name, b)
     if b.shape not in ((d,), (1, d)):  # a (1, d) row broadcasts in the book's NumPy too
-        raise ValueError(f"{name} has shape {b.shape}, expected ({d},) or (1, {d})")
+        raise ValueError(f"{name} has shape {b.shape}, expected ({d},) or (1, {d}) to match W")
     return b.reshape(d)
 
 

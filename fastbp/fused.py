@@ -185,13 +185,13 @@ class TwoLayerStep:
             xw, nz, z1, y, dy, dz1, *parts = self._buffers(
                 n, k, h, c, dtype, x.dtype, blocks, max_nnz
             )
-            loss = build(
+            loss, used_sparse = build(
                 x, xw if cast else x, cast, t, W1, b1, W2, b2, dtype.type(lr), update, max_nnz,
                 nz, z1, y, dy, dz1, *g, *parts, own, backward,
             )  # fmt: skip
             self.loss = dtype.type(loss)
             self.hidden, self.probs = z1, y
-            self._used_sparse = max_nnz >= 0 and bool(nz[n] <= max_nnz)
+            self._used_sparse = bool(used_sparse)
             result = (self.loss, z1.copy(), y.copy(), labels) if copies else self.loss
             return result, dict(zip(PARAM_NAMES, g, strict=True))
 

@@ -172,10 +172,11 @@ class Affine(reference.Affine):
         m = W_given.shape[1]
         checks.same_shape("W", W_given, "the W used in forward", (k, m))
         checks.same_shape("dout", dout, "the forward output", (n, m))
-        # x2 is x in its own dtype (forward cast it by rows); cast here for the GEMMs.
+        # x2 is x in its own dtype: a float32 x is cast (for a dense dW) by the kernel's
+        # wrapper, or read as it is (sparse).
         dtype = np.result_type(dout, x_dtype, W_given)
         W = checks.c_array(W_given, dtype)
-        x = checks.c_array(x2, dtype)
+        x = x2 if x2.dtype == np.float32 else checks.c_array(x2, dtype)
         d = checks.c_array(dout, dtype)
         dx = np.empty((n, k), dtype)
         dW = np.empty((k, m), dtype)

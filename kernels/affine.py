@@ -12,9 +12,16 @@ and checked by the caller (``fastbp.layers.Affine``).
 import numpy as np
 from numba import prange
 
-from fastbp.kernels.blas import block_of, gemm, plan, rows_in_dtype, sum_blocks
+from fastbp.kernels.blas import block_of, columns_in_dtype, gemm, plan, rows_in_dtype, sum_blocks
 from fastbp.kernels.dispatch import SPARSE_DENSITY, twin
-from fastbp.kernels.nonzeros import combine_rows, count_nonzeros, record_nonzeros
+from fastbp.kernels.nonzeros import (
+    by_columns,
+    combine_rows,
+    count_nonzeros,
+    count_rows,
+    record_nonzeros,
+    record_rows,
+)
 
 # Rows of x cast at a time into a block's scratch rows (float32 images, float64 weights).
 CAST_ROWS = 128
@@ -54,24 +61,46 @@ def affine_forward(out, x, W, b, xw, density, cols, own):
 
 
 @twin
-def affine_backward(dout, x, W, dx, dW, db, need_dx, dbp, own):
+def affine_backward(dout, x, xw, W, dx, dW, db, need_dx, max_nnz, nz, dbp, own):
     """dx[N, K] = dout @ W.T (if ``need_dx``), dW[K, M] = x.T @ dout, db[M] = dout summed,
     on P = dbp.shape[0] blocks: block p computes its rows of dx and of dW and its share
-    of db into dbp[p] (summed after, in block order); ``own`` as in affine_forward."""
+    of db into dbp[p] (summed after, in block order); ``own`` as in affine_forward.
+
+    x[N, K] is in W's dtype or float32. When x has at most ``max_nnz`` nonzeros (negative:
+    never, and they are not counted), dW comes from them (``nonzeros.by_columns``),
+    recorded in nz (int64: N + 1 row offsets, N row ends, K + P column offsets, then
+    max_nnz columns and max_nnz rows of nonzeros, then P * N scratch). Else dW is a GEMM
+    on x in W's dtype: x itself (xw None), or xw, a buffer of x's shape that each block
+    fills with its columns of x."""
     n, m = dout.shape
     k = x.shape[1]
     blocks = dbp.shape[0]
+    cap = max(max_nnz, 0)
+    rowptr, ends = nz[: n + 1], nz[n + 1 : 2 * n + 1]
+    colptr = nz[2 * n + 1 : 2 * n + 1 + k + blocks]
+    cols = nz[2 * n + 1 + k + blocks : 2 * n + 1 + k + blocks + cap]
+    rows = nz[2 * n + 1 + k + blocks + cap :]
+    sparse = max_nnz >= 0 and count_rows(x, rowptr, cap) <= max_nnz
     for p in prange(blocks):
         lo, hi = block_of(p, blocks, n)
         if need_dx:
             gemm(dout[lo:hi], W, dx[lo:hi], False, True, own)
-        k0, k1 = block_of(p, blocks, k)
-        gemm(x[:, k0:k1], dout, dW[k0:k1], True, False, own)
+        if sparse:
+            record_rows(x, rowptr, ends, cols, lo, hi)
+        else:
+            k0, k1 = block_of(p, blocks, k)
+            gemm(columns_in_dtype(x, xw, k0, k1), dout, dW[k0:k1], True, False, own)
         for j in range(m):
             dbp[p, j] = 0
         for i in range(lo, hi):
             for j in range(m):
                 dbp[p, j] += dout[i, j]
+    if sparse:
+        for p in prange(blocks):
+            k0, k1 = block_of(p, blocks, k)
+            offsets = colptr[k0 + p : k1 + p + 1]
+            cursor = rows[cap + p * n : cap + (p + 1) * n]
+            by_columns(x, dout, dW, rowptr, ends, cols, offsets, rows, cursor, k0, k1, False)
     sum_blocks(dbp, db)
 
 
@@ -87,6 +116,13 @@ def forward(out, x, W, b):
 
 
 def backward(dout, x, W, dx, dW, db, need_dx):
-    """``affine_backward`` on the blocks ``blas.plan`` picks (arrays of one dtype)."""
+    """``affine_backward`` on the blocks ``blas.plan`` picks: x[N, K] float32 or W's
+    dtype (cast here only for a dense dW), the other arrays in W's dtype; dW from x's
+    nonzeros up to the fused step's measured density (``SPARSE_DENSITY``)."""
     build, blocks, own = plan(affine_backward, dout.size * x.shape[1])
-    build(dout, x, W, dx, dW, db, need_dx, np.empty((blocks, db.size), db.dtype), own)
+    n, k = x.shape
+    max_nnz = int(SPARSE_DENSITY[W.dtype.name] * x.size)
+    nz = np.empty(2 * n + 1 + k + blocks + 2 * max(max_nnz, 0) + blocks * n, np.int64)
+    xw = np.empty(x.shape, W.dtype) if x.dtype != W.dtype else None  # for a dense dW
+    dbp = np.empty((blocks, db.size), db.dtype)
+    build(dout, x, xw, W, dx, dW, db, need_dx, max_nnz, nz, dbp, own)

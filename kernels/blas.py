@@ -278,3 +278,27 @@ def _rows_in_dtype(x, xw, lo, hi, at):
         return rows
 
     return impl
+
+
+def columns_in_dtype(x, xw, lo, hi):
+    """Columns lo:hi of x as a GEMM operand: x's own when xw is None, else copied (cast
+    to xw's dtype) into xw[:, lo:hi] (xw of x's shape). (Compiled, xw's type makes the
+    choice.)"""
+    if xw is None:
+        return x[:, lo:hi]
+    xw[:, lo:hi] = x[:, lo:hi]
+    return xw[:, lo:hi]
+
+
+@overload(columns_in_dtype, jit_options={"nogil": True})
+def _columns_in_dtype(x, xw, lo, hi):
+    if isinstance(xw, types.NoneType):
+        return lambda x, xw, lo, hi: x[:, lo:hi]
+
+    def impl(x, xw, lo, hi):
+        for i in range(x.shape[0]):
+            for j in range(lo, hi):
+                xw[i, j] = x[i, j]
+        return xw[:, lo:hi]
+
+    return impl

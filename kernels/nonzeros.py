@@ -119,3 +119,75 @@ def combine_rows(A, v, idx, lo, hi, out):
         va = v[a]
         for j in range(out.size):
             out[j] += va * A[a, j]
+
+
+@jit
+def count_rows(x, rowptr, cap):
+    """rowptr[N + 1] = the row offsets of x[N, K]'s nonzeros, none past ``cap`` (the room
+    the caller has for them; rows past it get less); returns their number, uncapped.
+    Serial: cheaper than waking a thread for one pass over x."""
+    total = 0
+    rowptr[0] = 0
+    for i in range(x.shape[0]):
+        total += count_nonzeros(x[i])
+        rowptr[i + 1] = min(total, cap)
+    return total
+
+
+@jit
+def record_rows(x, rowptr, ends, cols, lo, hi):
+    """Rows lo:hi of x's nonzeros by row: row i's columns into cols[rowptr[i] : ends[i]]
+    (sorted; at most the rowptr[i + 1] - rowptr[i] that ``count_rows`` counted)."""
+    for i in range(lo, hi):
+        ends[i] = record_nonzeros(x[i], cols, rowptr[i], rowptr[i + 1])
+
+
+@jit
+def first_at_least(cols, lo, hi, c):
+    """First position in [lo, hi) of the sorted cols[lo:hi] holding a value >= c (hi if none)."""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if cols[mid] < c:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@jit
+def by_columns(x, d, out, rowptr, ends, cols, offsets, rows, cursor, lo, hi, skip_empty):
+    """out[lo:hi] = x[:, lo:hi].T @ d[N, M] from x's recorded nonzeros (``record_rows``).
+
+    They are sorted by column first: column c's rows into rows[offsets[c - lo] :
+    offsets[c - lo + 1]] (offsets[hi - lo + 1]); the positions are those among all
+    columns', so blocks of columns write apart. cursor[N]: scratch. ``skip_empty``: the
+    rows of out for all-zero columns of x (0) are left unwritten.
+    """
+    n = x.shape[0]
+    base = 0  # nonzeros in the columns before lo, all rows
+    for c in range(offsets.size):
+        offsets[c] = 0
+    for i in range(n):
+        cursor[i] = first_at_least(cols, rowptr[i], ends[i], lo)
+        base += cursor[i] - rowptr[i]
+        for p in range(cursor[i], ends[i]):
+            if cols[p] >= hi:
+                break
+            offsets[cols[p] - lo + 1] += 1
+    offsets[0] = base
+    for c in range(hi - lo):
+        offsets[c + 1] += offsets[c]
+    for i in range(n):  # offsets[c] runs ahead as the fill cursor of column lo + c ...
+        for p in range(cursor[i], ends[i]):
+            c = cols[p] - lo
+            if c >= hi - lo:
+                break
+            rows[offsets[c]] = i
+            offsets[c] += 1
+    for c in range(hi - lo, 0, -1):  # ... and is shifted back afterwards
+        offsets[c] = offsets[c - 1]
+    offsets[0] = base
+    for r in range(lo, hi):
+        start, end = offsets[r - lo], offsets[r - lo + 1]
+        if not (skip_empty and start == end):
+            combine_rows(d, x[:, r], rows, start, end, out[r])

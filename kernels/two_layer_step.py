@@ -37,7 +37,7 @@ from numba import njit, prange
 
 from fastbp.kernels.blas import block_of, gemm, rows_in_dtype, sum_blocks
 from fastbp.kernels.dispatch import FASTMATH, twin
-from fastbp.kernels.nonzeros import combine_rows, count_nonzeros, record_nonzeros
+from fastbp.kernels.nonzeros import by_columns, combine_rows, count_rows, record_rows
 from fastbp.kernels.softmax_ce import LOG_EPS, softmax_row
 
 jit = njit(inline="always", cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
@@ -49,8 +49,8 @@ def first_layer(x, xw, cast, W1, b1, sparse, rowptr, ends, cols, z1, lo, hi, own
     cols[rowptr[i] : ends[i]], at most its counted rowptr[i + 1] - rowptr[i] of them,
     then the W1 rows at them summed)."""
     if sparse:
+        record_rows(x, rowptr, ends, cols, lo, hi)
         for i in range(lo, hi):
-            ends[i] = record_nonzeros(x[i], cols, rowptr[i], rowptr[i + 1])
             combine_rows(W1, x[i], cols, rowptr[i], ends[i], z1[i])
     else:
         rows = rows_in_dtype(x, xw, lo, hi, lo) if cast else xw[lo:hi]
@@ -95,66 +95,13 @@ def output_layer(t, W2, b2, z1, y, dy, dz1, dW2p, db1p, db2p, lo, hi, scale, own
     return loss
 
 
-@jit
-def first_at_least(cols, lo, hi, c):
-    """First position in [lo, hi) of the sorted cols[lo:hi] holding a value >= c (hi if none)."""
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if cols[mid] < c:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
-
-
-@jit
-def sparse_dW1(x, dz1, W1, dW1, lr, update, rowptr, ends, cols, offsets, rows, cursor, lo, hi):
-    """dW1[lo:hi] = x[:, lo:hi].T @ dz1 from the recorded nonzeros (row i's columns in
-    cols[rowptr[i] : ends[i]], sorted): they are sorted by column, column c's rows into
-    rows[offsets[c - lo] : offsets[c - lo + 1]] (offsets[hi - lo + 1]; the positions are
-    those among all columns', so blocks of columns write apart), then the dz1 rows at
-    each column's summed. cursor[N]: scratch. With ``update``, W1[r] -= lr * dW1[r],
-    skipping the rows r of all-zero columns (dW1[r] = 0 is then left unwritten)."""
-    n = x.shape[0]
-    base = 0  # nonzeros in the columns before lo, all rows
-    for c in range(offsets.size):
-        offsets[c] = 0
-    for i in range(n):
-        cursor[i] = first_at_least(cols, rowptr[i], ends[i], lo)
-        base += cursor[i] - rowptr[i]
-        for p in range(cursor[i], ends[i]):
-            if cols[p] >= hi:
-                break
-            offsets[cols[p] - lo + 1] += 1
-    offsets[0] = base
-    for c in range(hi - lo):
-        offsets[c + 1] += offsets[c]
-    for i in range(n):  # offsets[c] runs ahead as the fill cursor of column lo + c ...
-        for p in range(cursor[i], ends[i]):
-            c = cols[p] - lo
-            if c >= hi - lo:
-                break
-            rows[offsets[c]] = i
-            offsets[c] += 1
-    for c in range(hi - lo, 0, -1):  # ... and is shifted back afterwards
-        offsets[c] = offsets[c - 1]
-    offsets[0] = base
-    for r in range(lo, hi):
-        start, end = offsets[r - lo], offsets[r - lo + 1]
-        if update and start == end:
-            continue
-        combine_rows(dz1, x[:, r], rows, start, end, dW1[r])
-        if update:
-            for j in range(W1.shape[1]):
-                W1[r, j] -= lr * dW1[r, j]
-
-
 @twin
 def two_layer_step(
     x, xw, cast, t, W1, b1, W2, b2, lr, update, max_nnz, nz,
     z1, y, dy, dz1, dW1, db1, dW2, db2, dW2p, db1p, db2p, lossp, own, backward,
 ):  # fmt: skip
-    """Loss of the batch (only that, and z1, y, dy, unless ``backward``); gradients into
+    """(Loss of the batch, whether the sparse first layer ran); only that, and z1, y, dy,
+    unless ``backward``. Gradients into
     dW1, db1, dW2, db2 (and params -= lr * grads if ``update``; then the sparse path skips
     the dW1 rows of all-zero columns of x, as the update does). z1[N, H], y[N, C],
     dy[N, C], dz1[N, H] end as the hidden activations, the softmax output, dLoss/dlogits
@@ -169,10 +116,7 @@ def two_layer_step(
     rows = nz[2 * n + 1 + k + blocks + cap :]
     sparse = False
     if max_nnz >= 0:
-        rowptr[0] = 0
-        for i in range(n):  # serial: cheaper than waking a thread for one pass over x
-            rowptr[i + 1] = rowptr[i] + count_nonzeros(x[i])
-        sparse = rowptr[n] <= max_nnz
+        sparse = count_rows(x, rowptr, cap) <= max_nnz
     scale = 1.0 / n
     for p in prange(blocks):
         lo, hi = block_of(p, blocks, n)
@@ -184,15 +128,18 @@ def two_layer_step(
     for p in range(blocks):
         loss += lossp[p]
     if not backward:
-        return loss / n
+        return loss / n, sparse
     for p in prange(blocks):
         lo, hi = block_of(p, blocks, k)
         if sparse:
             offsets = colptr[lo + p : hi + p + 1]
             cursor = rows[cap + p * n : cap + (p + 1) * n]
-            sparse_dW1(
-                x, dz1, W1, dW1, lr, update, rowptr, ends, cols, offsets, rows, cursor, lo, hi
-            )
+            by_columns(x, dz1, dW1, rowptr, ends, cols, offsets, rows, cursor, lo, hi, update)
+            if update:  # the all-zero columns r of x, left out, have dW1[r] = 0
+                for r in range(lo, hi):
+                    if offsets[r - lo + 1] > offsets[r - lo]:
+                        for j in range(W1.shape[1]):
+                            W1[r, j] -= lr * dW1[r, j]
         else:
             gemm(xw[:, lo:hi], dz1, dW1[lo:hi], True, False, own)
             if update:
@@ -210,4 +157,4 @@ def two_layer_step(
             b1[r] -= lr * db1[r]
         for j in range(c):
             b2[j] -= lr * db2[j]
-    return loss / n
+    return loss / n, sparse

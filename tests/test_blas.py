@@ -144,7 +144,8 @@ from fastbp.kernels import affine_backward, affine_forward
 x, W, b, dout = np.ones((3, 4)), np.ones((4, 2)), np.ones(2), np.ones((3, 2))
 out, dx, dW, db = np.empty((3, 2)), np.empty((3, 4)), np.empty((4, 2)), np.empty(2)
 affine_forward.serial(out, x, W, b, None, 0.5, np.empty((1, 4), np.int64), False)
-affine_backward.serial(dout, x, W, dx, dW, db, True, np.empty((1, 2)), False)
+nz = np.empty(12, np.int64)
+affine_backward.serial(dout, x, None, W, dx, dW, db, True, -1, nz, np.empty((1, 2)), False)
 print(json.dumps({
     "misses": sum(len(k.serial.stats.cache_misses) for k in (affine_forward, affine_backward)),
     "out": out.tolist(), "dx": dx.tolist(), "dW": dW.tolist(),

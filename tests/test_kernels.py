@@ -32,6 +32,8 @@ FLAT_SIZES = {"batch1": 1, "odd": 7 * 13, "large": (1 << 20) + 7}
 AFFINE_SHAPES = {"batch1": (1, 5, 3), "odd": (7, 13, 11), "large": (1031, 17, 1031)}
 # Softmax logits (N, C).
 SOFTMAX_SHAPES = {"batch1": (1, 10), "odd": (7, 13), "large": (100_003, 11)}
+# Sparse x (its dtype, W's): the book's float32 images through float64 weights, and alike.
+SPARSE_DTYPES = [(np.float32, np.float64), (np.float32, np.float32), (np.float64, np.float64)]
 LABEL_KINDS = (*(np.dtype(d).name for d in INDEX_DTYPES), "onehot")
 
 
@@ -133,10 +135,7 @@ def test_affine_forward_casts_float32_rows_by_blocks(rng, shape, blocks):
 
 @pytest.mark.parametrize("blocks", [1, 2, 3])
 @pytest.mark.parametrize("shape", [(1, 5, 3), (7, 13, 11), (40, 50, 9), (257, 100, 31)])
-@pytest.mark.parametrize(
-    "x_dtype,w_dtype",
-    [(np.float32, np.float64), (np.float32, np.float32), (np.float64, np.float64)],
-)
+@pytest.mark.parametrize("x_dtype,w_dtype", SPARSE_DTYPES)
 def test_affine_forward_sparse_rows(rng, shape, blocks, x_dtype, w_dtype):
     """Blocks of mostly-zero rows (all-zero rows, NaN and -0.0 among them) sum the W rows
     at their nonzeros: equal to the dense product, in both builds."""
@@ -154,6 +153,31 @@ def test_affine_forward_sparse_rows(rng, shape, blocks, x_dtype, w_dtype):
         assert_close(out, expected, rtol_for(w_dtype))
 
 
+@pytest.mark.parametrize("blocks", [1, 2, 3])
+@pytest.mark.parametrize("shape", [(1, 5, 3), (7, 13, 11), (40, 50, 9), (257, 100, 31)])
+@pytest.mark.parametrize("x_dtype,w_dtype", SPARSE_DTYPES)
+def test_affine_backward_sparse_dW(rng, shape, blocks, x_dtype, w_dtype):
+    """dW from x's nonzeros (all-zero rows and columns, NaN and -0.0 among them), or
+    with one nonzero too many the dense GEMM (a float32 x cast by the blocks): equal to
+    x.T @ dout, in both builds, with dx and db."""
+    n, k, m = shape
+    x = rng.random((n, k)) * (rng.random((n, k)) < 0.2)
+    x[n // 2], x[:, k // 2] = 0, 0
+    x[0, : min(k, 3)] = [np.nan, -0.0, 1.5][: min(k, 3)]
+    x = x.astype(x_dtype)
+    dout, W = normal(rng, (n, m), w_dtype), normal(rng, (k, m), w_dtype)
+    expected_dx, expected_dW, expected_db = ref.affine_backward(dout, x.astype(w_dtype), W)
+    for max_nnz in (np.count_nonzero(x), np.count_nonzero(x) - 1):  # sparse, then not
+        for build in (kernels.affine_backward.serial, kernels.affine_backward.parallel):
+            dx, dW, db = (np.full(shape, np.nan, w_dtype) for shape in ((n, k), (k, m), m))
+            nz = np.empty(2 * n + 1 + k + blocks + 2 * max(max_nnz, 0) + blocks * n, np.int64)
+            xw = np.empty((n, k), w_dtype) if x_dtype != w_dtype else None
+            args = (dout, x, xw, W, dx, dW, db, True, max_nnz, nz)
+            build(*args, np.empty((blocks, m), w_dtype), blocks > 1)
+            for got, expected in ((dx, expected_dx), (dW, expected_dW), (db, expected_db)):
+                assert_close(got, expected, rtol_for(w_dtype))
+
+
 @pytest.mark.parametrize("need_dx", [True, False], ids=["need_dx", "no_dx"])
 @pytest.mark.parametrize("shape", AFFINE_SHAPES.values(), ids=AFFINE_SHAPES.keys())
 @pytest.mark.parametrize("blocks", [1, 2, 3])
@@ -161,8 +185,9 @@ def test_affine_backward(rng, dtype, shape, need_dx, blocks):
     n, k, m = shape
     dout, x, W = normal(rng, (n, m), dtype), normal(rng, (n, k), dtype), normal(rng, (k, m), dtype)
     dx, dW, db = np.empty((n, k), dtype), np.empty((k, m), dtype), np.empty(m, dtype)
-    args = (dout, x, W, dx, dW, db, need_dx, np.empty((blocks, m), dtype), blocks > 1)
-    outputs = {3: dx, 4: dW, 5: db, 7: args[7]}
+    nz, dbp = np.empty(2 * n + 1 + k + blocks, np.int64), np.empty((blocks, m), dtype)
+    args = (dout, x, None, W, dx, dW, db, need_dx, -1, nz, dbp, blocks > 1)
+    outputs = {4: dx, 5: dW, 6: db, 10: dbp}
     (dx, dW, db, _), _ = run_builds(kernels.affine_backward, args, outputs)
     expected_dx, expected_dW, expected_db = ref.affine_backward(dout, x, W)
     rtol = rtol_for(dtype)
