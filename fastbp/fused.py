@@ -33,7 +33,6 @@ from fastbp.kernels.two_layer_step import two_layer_step
 
 PARAM_NAMES = ("W1", "b1", "W2", "b2")
 SPARSE_CHOICES = ("auto", True, False)
-DENSITY = {np.dtype(name): fraction for name, fraction in SPARSE_DENSITY.items()}
 
 
 def _params(arrays):
@@ -177,7 +176,7 @@ class TwoLayerStep:
                 g = self._grad_arrays(grads, arrays, params, label)
             else:  # the kernel touches no gradient: empty arrays of the same types
                 g = [np.empty((0,) * p.ndim, dtype) for p in params]
-            max_nnz = int(DENSITY[dtype] * n * k) if sparse == "auto" else -1
+            max_nnz = int(SPARSE_DENSITY[dtype] * n * k) if sparse == "auto" else -1
             if sparse is True:
                 max_nnz = n * k
             build, blocks, own = plan(two_layer_step, x.size * h)

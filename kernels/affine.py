@@ -112,7 +112,7 @@ def forward(out, x, W, b):
     k = x.shape[1]
     xw = np.empty((blocks * CAST_ROWS, k), W.dtype) if x.dtype != W.dtype else None
     cols = np.empty((blocks, k), np.int64)
-    build(out, x, W, b, xw, SPARSE_DENSITY[W.dtype.name], cols, own)
+    build(out, x, W, b, xw, SPARSE_DENSITY[W.dtype], cols, own)
 
 
 def backward(dout, x, W, dx, dW, db, need_dx):
@@ -121,7 +121,7 @@ def backward(dout, x, W, dx, dW, db, need_dx):
     nonzeros up to the fused step's measured density (``SPARSE_DENSITY``)."""
     build, blocks, own = plan(affine_backward, dout.size * x.shape[1])
     n, k = x.shape
-    max_nnz = int(SPARSE_DENSITY[W.dtype.name] * x.size)
+    max_nnz = int(SPARSE_DENSITY[W.dtype] * x.size)
     nz = np.empty(2 * n + 1 + k + blocks + 2 * max(max_nnz, 0) + blocks * n, np.int64)
     xw = np.empty(x.shape, W.dtype) if x.dtype != W.dtype else None  # for a dense dW
     dbp = np.empty((blocks, db.size), db.dtype)

@@ -34,6 +34,8 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic, overload
 
+from fastbp.kernels.dispatch import FASTMATH
+
 # CBLAS enums (C ints) and the names NumPy's ILP64 OpenBLAS exports, newest first.
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 NUMPY_NAMES = ("scipy_cblas_{}gemm64_", "cblas_{}gemm64_")
@@ -215,9 +217,39 @@ def _gemm(a, b, out, trans_a, trans_b, own_thread=False):
     def impl(a, b, out, trans_a, trans_b, own_thread=False):
         m, n = out.shape
         k = a.shape[0] if trans_a else a.shape[1]
-        _call(a, b, out, trans_a, trans_b, m, n, k, own_thread)
+        if m <= LOOP_ROWS:
+            _few_rows(a, b, out, trans_a, trans_b, k)
+        else:
+            _call(a, b, out, trans_a, trans_b, m, n, k, own_thread)
 
     return impl
+
+
+# Up to this many rows of out, ``gemm`` runs compiled loops, not the BLAS: OpenBLAS packs
+# the whole of b even for one row (one row of 784 through 784x50: 10 us by the BLAS, 5 by
+# the loops; two rows 17 and 12; four about even).
+LOOP_ROWS = 2
+
+
+@njit(inline="always", cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
+def _few_rows(a, b, out, trans_a, trans_b, k):
+    """out[M, N] = op(a) @ op(b) by loops over the rows of b (dot products along them
+    when b is transposed), for a few rows M."""
+    m, n = out.shape
+    for i in range(m):
+        if trans_b:
+            for j in range(n):
+                total = out.dtype.type(0)
+                for p in range(k):
+                    total += (a[p, i] if trans_a else a[i, p]) * b[j, p]
+                out[i, j] = total
+        else:
+            for j in range(n):
+                out[i, j] = 0
+            for p in range(k):
+                v = a[p, i] if trans_a else a[i, p]
+                for j in range(n):
+                    out[i, j] += v * b[p, j]
 
 
 @njit(inline="always", cache=True, nogil=True)
