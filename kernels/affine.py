@@ -47,7 +47,7 @@ def affine_forward(out, x, W, b, xw, density, cols, own):
             nonzeros += count_nonzeros(x[i])
         if density >= 0 and nonzeros <= limit:
             for i in range(lo, hi):
-                end = record_nonzeros(x[i], cols[p], 0, k)
+                end = record_nonzeros(x[i], cols[p], 0, cols.shape[1])
                 combine_rows(W, x[i], cols[p], 0, end, out[i])
         else:
             step = max(hi - lo, 1) if xw is None else CAST_ROWS

@@ -123,14 +123,17 @@ def combine_rows(A, v, idx, lo, hi, out):
 
 @jit
 def count_rows(x, rowptr, cap):
-    """rowptr[N + 1] = the row offsets of x[N, K]'s nonzeros, none past ``cap`` (the room
-    the caller has for them; rows past it get less); returns their number, uncapped.
-    Serial: cheaper than waking a thread for one pass over x."""
+    """rowptr[N + 1] = the row offsets of x[N, K]'s nonzeros, as long as they fit in
+    ``cap`` (the room the caller has for them); returns their number, or as soon as it
+    passes ``cap`` a number larger than cap (rowptr is then incomplete). Serial: cheaper
+    than waking a thread for one pass over x."""
     total = 0
     rowptr[0] = 0
     for i in range(x.shape[0]):
         total += count_nonzeros(x[i])
-        rowptr[i + 1] = min(total, cap)
+        if total > cap:
+            return total
+        rowptr[i + 1] = total
     return total
 
 
