@@ -38,7 +38,7 @@ from fastbp.bookloop import (  # noqa: F401 (re-exported: the bench's one regist
     user_loop,
     user_loop_net,
 )
-from fastbp.kernels import affine
+from fastbp.kernels import affine, nonzeros
 from fastbp.kernels import optimizers as update_kernels
 
 IMPLS = ("fastbp", "reference")
@@ -180,7 +180,7 @@ def gemm_plan_args(name, args, blocks):
         return (*args, None, -1.0, np.empty((blocks, args[1].shape[1]), np.int64), True)
     dout, x, W, dx, dW, db, need_dx = args
     dbp = np.empty((blocks, dout.shape[1]), dout.dtype)
-    nz = np.empty(2 * x.shape[0] + 1 + x.shape[1] + blocks, np.int64)
+    nz = np.empty(nonzeros.buffer_size(*x.shape, blocks, 0), np.int64)
     return (dout, x, None, W, dx, dW, db, need_dx, -1, nz, dbp, True)
 
 

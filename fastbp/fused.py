@@ -27,6 +27,7 @@ import threading
 import numpy as np
 
 from fastbp import checks
+from fastbp.kernels import nonzeros
 from fastbp.kernels.blas import plan
 from fastbp.kernels.dispatch import SPARSE_DENSITY
 from fastbp.kernels.two_layer_step import two_layer_step
@@ -139,8 +140,8 @@ class TwoLayerStep:
         if self._views is None or self._views[0] != key:
             buf = self._buffer
             views = (buf("xw", (n, k), dtype) if x_dtype != dtype else None,)
-            cap = max(max_nnz, 0)
-            views += (buf("nz", (2 * n + 1 + k + blocks + 2 * cap + blocks * n,), np.int64),)
+            nz_size = nonzeros.buffer_size(n, k, blocks, max(max_nnz, 0))
+            views += (buf("nz", (nz_size,), np.int64),)
             views += (buf("z1", (n, h), dtype), buf("y", (n, c), dtype))
             views += (buf("dy", (n, c), dtype), buf("dz1", (n, h), dtype))
             views += (buf("dW2p", (blocks, h, c), dtype), buf("db1p", (blocks, h), dtype))

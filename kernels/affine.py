@@ -15,12 +15,14 @@ from numba import prange
 from fastbp.kernels.blas import block_of, columns_in_dtype, gemm, plan, rows_in_dtype, sum_blocks
 from fastbp.kernels.dispatch import SPARSE_DENSITY, twin
 from fastbp.kernels.nonzeros import (
+    buffer_size,
     by_columns,
     combine_rows,
     count_nonzeros,
     count_rows,
     record_nonzeros,
     record_rows,
+    split,
 )
 
 # Rows of x cast at a time into a block's scratch rows (float32 images, float64 weights).
@@ -68,18 +70,14 @@ def affine_backward(dout, x, xw, W, dx, dW, db, need_dx, max_nnz, nz, dbp, own):
 
     x[N, K] is in W's dtype or float32. When x has at most ``max_nnz`` nonzeros (negative:
     never, and they are not counted), dW comes from them (``nonzeros.by_columns``),
-    recorded in nz (int64: N + 1 row offsets, N row ends, K + P column offsets, then
-    max_nnz columns and max_nnz rows of nonzeros, then P * N scratch). Else dW is a GEMM
+    recorded in nz (int64, ``nonzeros.split`` with cap = max_nnz). Else dW is a GEMM
     on x in W's dtype: x itself (xw None), or xw, a buffer of x's shape that each block
     fills with its columns of x."""
     n, m = dout.shape
     k = x.shape[1]
     blocks = dbp.shape[0]
     cap = max(max_nnz, 0)
-    rowptr, ends = nz[: n + 1], nz[n + 1 : 2 * n + 1]
-    colptr = nz[2 * n + 1 : 2 * n + 1 + k + blocks]
-    cols = nz[2 * n + 1 + k + blocks : 2 * n + 1 + k + blocks + cap]
-    rows = nz[2 * n + 1 + k + blocks + cap :]
+    rowptr, ends, colptr, cols, rows = split(nz, n, k, blocks, cap)
     sparse = max_nnz >= 0 and count_rows(x, rowptr, cap) <= max_nnz
     for p in prange(blocks):
         lo, hi = block_of(p, blocks, n)
@@ -122,7 +120,7 @@ def backward(dout, x, W, dx, dW, db, need_dx):
     build, blocks, own = plan(affine_backward, dout.size * x.shape[1])
     n, k = x.shape
     max_nnz = int(SPARSE_DENSITY[W.dtype] * x.size)
-    nz = np.empty(2 * n + 1 + k + blocks + 2 * max(max_nnz, 0) + blocks * n, np.int64)
+    nz = np.empty(buffer_size(n, k, blocks, max(max_nnz, 0)), np.int64)
     xw = np.empty(x.shape, W.dtype) if x.dtype != W.dtype else None  # for a dense dW
     dbp = np.empty((blocks, db.size), db.dtype)
     build(dout, x, xw, W, dx, dW, db, need_dx, max_nnz, nz, dbp, own)

@@ -121,6 +121,21 @@ def combine_rows(A, v, idx, lo, hi, out):
             out[j] += va * A[a, j]
 
 
+def buffer_size(n, k, blocks, cap):
+    """Entries (int64) of the ``split`` buffer for x[N, K], P blocks, cap nonzeros."""
+    return 2 * n + 1 + k + blocks + 2 * cap + blocks * n
+
+
+@jit
+def split(nz, n, k, blocks, cap):
+    """(rowptr[N + 1], ends[N], colptr[K + P], cols[cap], rows[cap + P * N]) in nz: the
+    row offsets (counted) and ends (recorded), each column block's offsets (one more
+    than its columns), the nonzeros' columns by row, and their rows by column followed by
+    one N-entry scratch per block."""
+    at = 2 * n + 1 + k + blocks
+    return nz[: n + 1], nz[n + 1 : 2 * n + 1], nz[2 * n + 1 : at], nz[at : at + cap], nz[at + cap :]
+
+
 @jit
 def count_rows(x, rowptr, cap):
     """rowptr[N + 1] = the row offsets of x[N, K]'s nonzeros, as long as they fit in

@@ -21,15 +21,12 @@ calling the BLAS on its own rows (single-threaded BLAS in the parallel build, se
                                         sparse: per column of x, dz1 rows at its nonzeros
 
 There is no dx for the first layer. The sparse first layer is taken when x has at most
-``max_nnz`` nonzeros (negative: never, and nonzeros are not counted): ``nz`` (int64)
-holds N + 1 row offsets (the counts), N row ends (as recorded), K + P column offsets (one
-more than its columns per block of dW1 rows), the column of each nonzero (max_nnz: by
-row, recorded by each block for its rows), the row of each (max_nnz: by column, sorted by
-each block for its columns of dW1) and P * N scratch; the values are read from x
-(``kernels/nonzeros.py``). ``xw`` is x in the weights' dtype: pass x itself when the
-dtypes agree, else a buffer of x's shape that the dense path fills. All
-arrays are C-contiguous; the labels t[N] are class indices (intp) in [0, C), validated by
-``fastbp.fused``.
+``max_nnz`` nonzeros (negative: never, and nonzeros are not counted), recorded by row
+blocks and sorted by the blocks of dW1 rows in ``nz`` (int64, ``nonzeros.split`` with
+cap = max_nnz); the values are read from x (``kernels/nonzeros.py``). ``xw`` is x in
+the weights' dtype: pass x itself when the dtypes agree, else a buffer of x's shape that
+the dense path fills. All arrays are C-contiguous; the labels t[N] are class indices
+(intp) in [0, C), validated by ``fastbp.fused``.
 """
 
 import numpy as np
@@ -37,7 +34,7 @@ from numba import njit, prange
 
 from fastbp.kernels.blas import block_of, gemm, rows_in_dtype, sum_blocks
 from fastbp.kernels.dispatch import FASTMATH, twin
-from fastbp.kernels.nonzeros import by_columns, combine_rows, count_rows, record_rows
+from fastbp.kernels.nonzeros import by_columns, combine_rows, count_rows, record_rows, split
 from fastbp.kernels.softmax_ce import LOG_EPS, softmax_row
 
 jit = njit(inline="always", cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
@@ -110,10 +107,7 @@ def two_layer_step(
     n, k = x.shape
     blocks = dW2p.shape[0]
     cap = max(max_nnz, 0)
-    rowptr, ends = nz[: n + 1], nz[n + 1 : 2 * n + 1]
-    colptr = nz[2 * n + 1 : 2 * n + 1 + k + blocks]
-    cols = nz[2 * n + 1 + k + blocks : 2 * n + 1 + k + blocks + cap]
-    rows = nz[2 * n + 1 + k + blocks + cap :]
+    rowptr, ends, colptr, cols, rows = split(nz, n, k, blocks, cap)
     sparse = False
     if max_nnz >= 0:
         sparse = count_rows(x, rowptr, cap) <= max_nnz

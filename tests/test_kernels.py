@@ -23,7 +23,7 @@ from helpers import (
 
 from fastbp import kernels
 from fastbp import reference as ref
-from fastbp.kernels import affine
+from fastbp.kernels import affine, nonzeros
 from fastbp.kernels.dispatch import NEVER
 
 # Elementwise kernels: flat sizes (batch 1, 7x13, > 1M).
@@ -170,7 +170,7 @@ def test_affine_backward_sparse_dW(rng, shape, blocks, x_dtype, w_dtype):
     for max_nnz in (np.count_nonzero(x), np.count_nonzero(x) - 1):  # sparse, then not
         for build in (kernels.affine_backward.serial, kernels.affine_backward.parallel):
             dx, dW, db = (np.full(shape, np.nan, w_dtype) for shape in ((n, k), (k, m), m))
-            nz = np.empty(2 * n + 1 + k + blocks + 2 * max(max_nnz, 0) + blocks * n, np.int64)
+            nz = np.empty(nonzeros.buffer_size(n, k, blocks, max(max_nnz, 0)), np.int64)
             xw = np.empty((n, k), w_dtype) if x_dtype != w_dtype else None
             args = (dout, x, xw, W, dx, dW, db, True, max_nnz, nz)
             build(*args, np.empty((blocks, m), w_dtype), blocks > 1)
@@ -185,7 +185,8 @@ def test_affine_backward(rng, dtype, shape, need_dx, blocks):
     n, k, m = shape
     dout, x, W = normal(rng, (n, m), dtype), normal(rng, (n, k), dtype), normal(rng, (k, m), dtype)
     dx, dW, db = np.empty((n, k), dtype), np.empty((k, m), dtype), np.empty(m, dtype)
-    nz, dbp = np.empty(2 * n + 1 + k + blocks, np.int64), np.empty((blocks, m), dtype)
+    nz = np.empty(nonzeros.buffer_size(n, k, blocks, 0), np.int64)
+    dbp = np.empty((blocks, m), dtype)
     args = (dout, x, None, W, dx, dW, db, need_dx, -1, nz, dbp, blocks > 1)
     outputs = {4: dx, 5: dW, 6: db, 10: dbp}
     (dx, dW, db, _), _ = run_builds(kernels.affine_backward, args, outputs)
