@@ -132,14 +132,14 @@ class TwoLayerStep:
             held = self._work[name] = np.empty(size, dtype)
         return held[:size].reshape(shape)
 
-    def _buffers(self, n, k, h, c, dtype, x_dtype, blocks, max_nnz):
+    def _buffers(self, n, k, h, c, dtype, blocks, cast, max_nnz):
         """(xw or None, nz, z1, y, dy, dz1, dW2p, db1p, db2p, lossp) for this
         call's sizes (see ``kernels/two_layer_step.py``); the views of the last sizes are
         kept, so a run of equal batches builds none."""
-        key = (n, k, h, c, dtype, x_dtype, blocks, max_nnz)
+        key = (n, k, h, c, dtype, blocks, cast, max_nnz)
         if self._views is None or self._views[0] != key:
             buf = self._buffer
-            views = (buf("xw", (n, k), dtype) if x_dtype != dtype else None,)
+            views = (buf("xw", (n, k), dtype) if cast else None,)
             nz_size = nonzeros.buffer_size(n, k, blocks, max(max_nnz, 0))
             views += (buf("nz", (nz_size,), np.int64),)
             views += (buf("z1", (n, h), dtype), buf("y", (n, c), dtype))
@@ -182,9 +182,7 @@ class TwoLayerStep:
                 max_nnz = n * k
             build, blocks, own = plan(two_layer_step, x.size * h)
             cast = x.dtype != dtype
-            xw, nz, z1, y, dy, dz1, *parts = self._buffers(
-                n, k, h, c, dtype, x.dtype, blocks, max_nnz
-            )
+            xw, nz, z1, y, dy, dz1, *parts = self._buffers(n, k, h, c, dtype, blocks, cast, max_nnz)
             loss, used_sparse = build(
                 x, xw if cast else x, cast, t, W1, b1, W2, b2, dtype.type(lr), update, max_nnz,
                 nz, z1, y, dy, dz1, *g, *parts, own, backward,

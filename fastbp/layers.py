@@ -172,16 +172,16 @@ class Affine(reference.Affine):
         m = W_given.shape[1]
         checks.same_shape("W", W_given, "the W used in forward", (k, m))
         checks.same_shape("dout", dout, "the forward output", (n, m))
-        # x2 is x in its own dtype: a float32 x is cast (for a dense dW) by the kernel's
-        # wrapper, or read as it is (sparse).
+        # x2 is x in its own dtype, C-contiguous (float32 or this dtype, which it
+        # promotes to): a float32 x is cast for a dense dW by the kernel's wrapper, or
+        # read as it is (sparse).
         dtype = np.result_type(dout, x_dtype, W_given)
         W = checks.c_array(W_given, dtype)
-        x = x2 if x2.dtype == np.float32 else checks.c_array(x2, dtype)
         d = checks.c_array(dout, dtype)
         dx = np.empty((n, k), dtype)
         dW = np.empty((k, m), dtype)
         db = np.empty(m, dtype)
-        affine_backward(d, x, W, dx, dW, db, True)
+        affine_backward(d, x2, W, dx, dW, db, True)
         # NumPy's dtypes for the book's expressions: dW = x.T @ dout, db = sum(dout).
         self.dW = _cast(dW, np.result_type(x_dtype, dout))
         self.db = _cast(db, dout.dtype)
