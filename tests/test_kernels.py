@@ -20,6 +20,7 @@ from helpers import (
     one_hot,
     rtol_for,
 )
+from numba import njit
 
 from fastbp import kernels
 from fastbp import reference as ref
@@ -131,6 +132,32 @@ def test_affine_forward_casts_float32_rows_by_blocks(rng, shape, blocks):
     args = (out, x, W, b, scratch, -1.0, np.empty((blocks, k), np.int64), blocks > 1)
     (out, _), _ = run_builds(kernels.affine_forward, args, {0: out, 4: scratch})
     assert_close(out, ref.affine_forward(x, W, b), rtol_for(np.float64))
+
+
+@njit
+def _combine_rows(A, v, idx, lo, hi, out):
+    nonzeros.combine_rows(A, v, idx, lo, hi, out)
+
+
+# Row widths about the 64-byte vector, the chunk and the NARROW_BYTES boundaries.
+COMBINED_WIDTHS = [1, 7, 15, 16, 17, 31, 32, 33, 64, 65, 127, 128, 129, 255, 256, 257, 300]
+
+
+@pytest.mark.parametrize("m", COMBINED_WIDTHS)
+@pytest.mark.parametrize("x_dtype,w_dtype", SPARSE_DTYPES)
+def test_combine_rows(rng, m, x_dtype, w_dtype):
+    """out = v[idx[lo:hi]] @ A[idx[lo:hi]] for ranges of 0, 1, odd and more than TERMS
+    terms, from offsets, and an empty (hi < lo) one, with v strided (a column of x)."""
+    k = 2 * nonzeros.TERMS + 9
+    A = normal(rng, (k, m), w_dtype)
+    v = normal(rng, (k, 3), x_dtype)[:, 1]
+    idx = rng.permutation(k).astype(np.int64)
+    for lo, hi in [(0, 0), (3, 4), (5, 12), (1, k), (0, nonzeros.TERMS), (6, 2)]:
+        out = np.full(m, np.nan, w_dtype)
+        _combine_rows(A, v, idx, lo, hi, out)
+        terms = idx[lo:hi]
+        expected = v[terms].astype(np.float64) @ A[terms].astype(np.float64)
+        assert_close(out, expected.reshape(m), rtol_for(w_dtype))
 
 
 @pytest.mark.parametrize("blocks", [1, 2, 3])
