@@ -139,6 +139,28 @@ def _combine_rows(A, v, idx, lo, hi, out):
     nonzeros.combine_rows(A, v, idx, lo, hi, out)
 
 
+@njit
+def _record_nonzeros(v, out, p, end):
+    return nonzeros.record_nonzeros(v, out, p, end)
+
+
+@pytest.mark.parametrize("size", [1, 15, 16, 17, 40, 784])
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_record_nonzeros_stays_in_its_room(rng, size, dtype):
+    """The positions of v's nonzeros (NaN counts, -0.0 does not) into out[p:end], in
+    order, for every room from none to more than enough: nothing written outside it."""
+    v = (rng.random(size) * (rng.random(size) < 0.5)).astype(dtype)
+    v[: min(size, 2)] = [np.nan, -0.0][: min(size, 2)]
+    found = np.flatnonzero(v != 0)
+    for p, room in [(0, found.size), (3, found.size + 20), (5, 0), (1, found.size // 2)]:
+        out = np.full(p + room + 40, -1, np.int64)
+        end = _record_nonzeros(v, out, p, p + room)
+        written = min(room, found.size)
+        assert end == p + written
+        np.testing.assert_array_equal(out[p:end], found[:written])
+        assert (out[:p] == -1).all() and (out[p + room :] == -1).all()
+
+
 # Row widths about the 64-byte vector, the chunk and the NARROW_BYTES boundaries.
 COMBINED_WIDTHS = [1, 7, 15, 16, 17, 31, 32, 33, 64, 65, 127, 128, 129, 255, 256, 257, 300]
 
