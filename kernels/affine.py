@@ -2,7 +2,7 @@
 
 The work is cut into ``P`` blocks (one per Numba thread in the parallel build, 1 in the
 serial build; ``blas.plan`` chooses), each block calling the BLAS on its own rows of the
-batch (and, backward, its own rows of dW), single-threaded when ``P > 1``. A block of
+batch (and, backward, its own rows of dW), single-threaded when ``P > 1``. A chunk of
 mostly-zero rows of x (MNIST images: about 80% zeros) skips the BLAS forward: each row's
 output is the sum of the W rows at its nonzeros (``kernels/nonzeros.py``). W, b, dout,
 dx, dW and db share one float dtype (float32 or float64); all arrays are C-contiguous
@@ -25,41 +25,42 @@ from fastbp.kernels.nonzeros import (
     split,
 )
 
-# Rows of x cast at a time into a block's scratch rows (float32 images, float64 weights).
-CAST_ROWS = 128
+# Rows of x taken at a time by a block forward: counted, then cast into the block's scratch
+# rows (float32 images, float64 weights) or read again while still in cache.
+CHUNK_ROWS = 128
 
 
 @twin
 def affine_forward(out, x, W, b, xw, density, cols, own):
     """out[N, M] = x[N, K] @ W[K, M] + b[M], written in place, on P = cols.shape[0]
-    blocks of rows. xw: None when x has W's dtype, else a scratch xw[P * CAST_ROWS, K] in
-    W's dtype where each block casts CAST_ROWS of its rows of x at a time (no full-size
-    copy of x). A block whose rows have at most a fraction ``density`` of nonzeros
-    (negative: never counted) takes the sparse rows, recording each row's nonzeros into
-    its cols[p] (int64, K each). ``own``: each block on the private single-threaded BLAS
-    (``blas.plan``)."""
+    blocks of rows, each taken CHUNK_ROWS rows at a time (so that a chunk of x is still
+    in cache when it is read the second time). xw: None when x has W's dtype, else a
+    scratch xw[P * CHUNK_ROWS, K] in W's dtype where each block casts its chunk of x (no
+    full-size copy of x). A chunk whose rows have at most a fraction ``density`` of
+    nonzeros (negative: never counted) takes the sparse rows, recording each row's
+    nonzeros into its block's cols[p] (int64, K each); the others, the BLAS. ``own``:
+    each block on the private single-threaded BLAS (``blas.plan``)."""
     n, k = x.shape
     blocks = cols.shape[0]
     for p in prange(blocks):
         lo, hi = block_of(p, blocks, n)
-        nonzeros, limit = 0, density * (hi - lo) * k
-        for i in range(lo, hi):
-            if density < 0 or nonzeros > limit:
-                break
-            nonzeros += count_nonzeros(x[i])
-        if density >= 0 and nonzeros <= limit:
-            for i in range(lo, hi):
-                end = record_nonzeros(x[i], cols[p], 0, cols.shape[1])
-                combine_rows(W, x[i], cols[p], 0, end, out[i])
-        else:
-            step = max(hi - lo, 1) if xw is None else CAST_ROWS
-            for s0 in range(lo, hi, step):
-                s1 = min(s0 + step, hi)
-                rows = rows_in_dtype(x, xw, s0, s1, p * CAST_ROWS)
+        for s0 in range(lo, hi, CHUNK_ROWS):
+            s1 = min(s0 + CHUNK_ROWS, hi)
+            nonzeros, limit = 0, density * (s1 - s0) * k
+            for i in range(s0, s1):
+                if density < 0 or nonzeros > limit:
+                    break
+                nonzeros += count_nonzeros(x[i])
+            if density >= 0 and nonzeros <= limit:
+                for i in range(s0, s1):
+                    end = record_nonzeros(x[i], cols[p], 0, cols.shape[1])
+                    combine_rows(W, x[i], cols[p], 0, end, out[i])
+            else:
+                rows = rows_in_dtype(x, xw, s0, s1, p * CHUNK_ROWS)
                 gemm(rows, W, out[s0:s1], False, False, own)
-        for i in range(lo, hi):
-            for j in range(out.shape[1]):
-                out[i, j] += b[j]
+            for i in range(s0, s1):
+                for j in range(out.shape[1]):
+                    out[i, j] += b[j]
 
 
 @twin
@@ -108,7 +109,7 @@ def forward(out, x, W, b):
     fused step's measured density (``SPARSE_DENSITY``)."""
     build, blocks, own = plan(affine_forward, out.size * x.shape[1])
     k = x.shape[1]
-    xw = np.empty((blocks * CAST_ROWS, k), W.dtype) if x.dtype != W.dtype else None
+    xw = np.empty((blocks * CHUNK_ROWS, k), W.dtype) if x.dtype != W.dtype else None
     cols = np.empty((blocks, k), np.int64)
     build(out, x, W, b, xw, SPARSE_DENSITY[W.dtype], cols, own)
 

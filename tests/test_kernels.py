@@ -123,12 +123,12 @@ def test_affine_forward(rng, dtype, shape, blocks):
 @pytest.mark.parametrize("blocks", [1, 2, 3])
 @pytest.mark.parametrize("shape", [*AFFINE_SHAPES.values(), (300, 9, 4)])
 def test_affine_forward_casts_float32_rows_by_blocks(rng, shape, blocks):
-    """The book's float32 images through float64 weights: cast CAST_ROWS rows at a time
+    """The book's float32 images through float64 weights: cast CHUNK_ROWS rows at a time
     into each block's scratch, equal to NumPy's product of the cast x."""
     n, k, m = shape
     x = normal(rng, (n, k), np.float32)
     W, b = normal(rng, (k, m), np.float64), normal(rng, m, np.float64)
-    out, scratch = np.empty((n, m)), np.empty((blocks * affine.CAST_ROWS, k))
+    out, scratch = np.empty((n, m)), np.empty((blocks * affine.CHUNK_ROWS, k))
     args = (out, x, W, b, scratch, -1.0, np.empty((blocks, k), np.int64), blocks > 1)
     (out, _), _ = run_builds(kernels.affine_forward, args, {0: out, 4: scratch})
     assert_close(out, ref.affine_forward(x, W, b), rtol_for(np.float64))
@@ -194,7 +194,7 @@ def test_affine_forward_sparse_rows(rng, shape, blocks, x_dtype, w_dtype):
     x[0, : min(k, 3)] = [np.nan, -0.0, 1.5][: min(k, 3)]
     x = x.astype(x_dtype)
     W, b = normal(rng, (k, m), w_dtype), normal(rng, m, w_dtype)
-    xw = None if x_dtype == w_dtype else np.empty((blocks * affine.CAST_ROWS, k), w_dtype)
+    xw = None if x_dtype == w_dtype else np.empty((blocks * affine.CHUNK_ROWS, k), w_dtype)
     expected = ref.affine_forward(x.astype(w_dtype), W, b)
     for build in (kernels.affine_forward.serial, kernels.affine_forward.parallel):
         out, cols = np.full((n, m), np.nan, w_dtype), np.empty((blocks, k), np.int64)
