@@ -17,6 +17,7 @@ from fastbp.kernels.dispatch import SPARSE_DENSITY, twin
 from fastbp.kernels.nonzeros import (
     buffer_size,
     by_columns,
+    column_block,
     combine_rows,
     count_nonzeros,
     count_rows,
@@ -97,8 +98,7 @@ def affine_backward(dout, x, xw, W, dx, dW, db, need_dx, max_nnz, nz, dbp, own):
     if sparse:
         for p in prange(blocks):
             k0, k1 = block_of(p, blocks, k)
-            offsets = colptr[k0 + p : k1 + p + 1]
-            cursor = rows[cap + p * n : cap + (p + 1) * n]
+            offsets, cursor = column_block(colptr, rows, n, blocks, p, k0, k1)
             by_columns(x, dout, dW, rowptr, ends, cols, offsets, rows, cursor, k0, k1, False)
     sum_blocks(dbp, db)
 

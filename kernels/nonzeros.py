@@ -289,39 +289,50 @@ def _combine_rows(typingctx, A, v, idx, lo, hi, out):
 
 def buffer_size(n, k, blocks, cap):
     """Entries (int64) of the ``split`` buffer for x[N, K], P blocks, cap nonzeros."""
-    return 2 * n + 1 + k + blocks + 2 * cap + blocks * n
+    return 2 * n + 1 + k + blocks + 2 * (cap + n * LANES) + blocks * n
 
 
 @jit
 def split(nz, n, k, blocks, cap):
-    """(rowptr[N + 1], ends[N], colptr[K + P], cols[cap], rows[cap + P * N]) in nz: the
-    row offsets (counted) and ends (recorded), each column block's offsets (one more
-    than its columns), the nonzeros' columns by row, and their rows by column followed by
-    one N-entry scratch per block."""
+    """(rowptr[N + 1], ends[N], colptr[K + P], cols[R], rows[R + P * N]) in nz, with
+    R = cap + N * LANES: the row offsets (counted) and ends (recorded), each column
+    block's offsets (one more than its columns), the nonzeros' columns by row (each row's
+    followed by LANES entries of room for ``record_nonzeros``' full stores), and their
+    rows by column (however many were recorded, they fit) followed by one N-entry
+    scratch per block (``column_block``)."""
     at = 2 * n + 1 + k + blocks
-    return nz[: n + 1], nz[n + 1 : 2 * n + 1], nz[2 * n + 1 : at], nz[at : at + cap], nz[at + cap :]
+    by_row = at + cap + n * LANES
+    return nz[: n + 1], nz[n + 1 : 2 * n + 1], nz[2 * n + 1 : at], nz[at:by_row], nz[by_row:]
+
+
+@jit
+def column_block(colptr, rows, n, blocks, p, lo, hi):
+    """(offsets, cursor) of ``by_columns`` for column block p, columns lo:hi of the
+    ``split`` buffer: its colptr entries and its N-entry scratch at the end of rows."""
+    scratch = rows.size - blocks * n
+    return colptr[lo + p : hi + p + 1], rows[scratch + p * n : scratch + (p + 1) * n]
 
 
 @jit
 def count_rows(x, rowptr, cap):
-    """rowptr[N + 1] = the row offsets of x[N, K]'s nonzeros, as long as they fit in
-    ``cap`` (the room the caller has for them); returns their number, or as soon as it
-    passes ``cap`` a number larger than cap (rowptr is then incomplete). Serial: cheaper
-    than waking a thread for one pass over x."""
+    """rowptr[N + 1] = the row offsets of x[N, K]'s nonzeros (row i's count plus LANES
+    apart), as long as they fit in ``cap`` (the room the caller has for them); returns
+    their number, or as soon as it passes ``cap`` a number larger than cap (rowptr is
+    then incomplete). Serial: cheaper than waking a thread for one pass over x."""
     total = 0
     rowptr[0] = 0
     for i in range(x.shape[0]):
         total += count_nonzeros(x[i])
         if total > cap:
             return total
-        rowptr[i + 1] = total
+        rowptr[i + 1] = total + (i + 1) * LANES
     return total
 
 
 @jit
 def record_rows(x, rowptr, ends, cols, lo, hi):
     """Rows lo:hi of x's nonzeros by row: row i's columns into cols[rowptr[i] : ends[i]]
-    (sorted; at most the rowptr[i + 1] - rowptr[i] that ``count_rows`` counted)."""
+    (sorted; at most the room rowptr[i + 1] - rowptr[i] that ``count_rows`` left)."""
     for i in range(lo, hi):
         ends[i] = record_nonzeros(x[i], cols, rowptr[i], rowptr[i + 1])
 

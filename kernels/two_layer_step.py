@@ -34,7 +34,14 @@ from numba import njit, prange
 
 from fastbp.kernels.blas import block_of, gemm, rows_in_dtype, sum_blocks
 from fastbp.kernels.dispatch import FASTMATH, twin
-from fastbp.kernels.nonzeros import by_columns, combine_rows, count_rows, record_rows, split
+from fastbp.kernels.nonzeros import (
+    by_columns,
+    column_block,
+    combine_rows,
+    count_rows,
+    record_rows,
+    split,
+)
 from fastbp.kernels.softmax_ce import LOG_EPS, softmax_row
 
 jit = njit(inline="always", cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
@@ -43,7 +50,7 @@ jit = njit(inline="always", cache=True, nogil=True, fastmath=FASTMATH, error_mod
 @jit
 def first_layer(x, xw, cast, W1, b1, sparse, rowptr, ends, cols, z1, lo, hi, own):
     """z1[lo:hi] = max(x[lo:hi] @ W1 + b1, 0) (sparse: row i's nonzeros recorded into
-    cols[rowptr[i] : ends[i]], at most its counted rowptr[i + 1] - rowptr[i] of them,
+    cols[rowptr[i] : ends[i]], within the room rowptr[i + 1] that ``count_rows`` left,
     then the W1 rows at them summed)."""
     if sparse:
         record_rows(x, rowptr, ends, cols, lo, hi)
@@ -126,8 +133,7 @@ def two_layer_step(
     for p in prange(blocks):
         lo, hi = block_of(p, blocks, k)
         if sparse:
-            offsets = colptr[lo + p : hi + p + 1]
-            cursor = rows[cap + p * n : cap + (p + 1) * n]
+            offsets, cursor = column_block(colptr, rows, n, blocks, p, lo, hi)
             by_columns(x, dz1, dW1, rowptr, ends, cols, offsets, rows, cursor, lo, hi, update)
             if update:  # the all-zero columns r of x, left out, have dW1[r] = 0
                 for r in range(lo, hi):
