@@ -197,9 +197,10 @@ def _combine_rows(typingctx, A, v, idx, lo, hi, out):
     """``combine_rows`` for rows of at most NARROW_BYTES, the sums in registers.
 
     The terms are taken TERMS at a time; for each such block, out is cut into chunks of
-    VECTORS 64-byte vectors, each chunk summed over the block's terms in registers (even
-    and odd terms on two chains, so that the additions overlap) with masked loads at
-    the row's end, and added to out (set, for the first block) with one masked store.
+    VECTORS 64-byte vectors (the last chunk: as many as it needs), each chunk summed over
+    the block's terms in registers (even and odd terms on two chains, so that the
+    additions overlap) with masked loads at the row's end, and added to out (set, for
+    the first block) with one masked store per vector.
     """
     floats = (types.float32, types.float64)
     arrays = all(isinstance(a, types.Array) for a in (A, v, idx, out))
@@ -242,7 +243,7 @@ def _combine_rows(typingctx, A, v, idx, lo, hi, out):
         flags = tuple(sorted(FASTMATH))
 
         def add_term(p, chain, j0, masks):
-            """chain's sums += v[idx[p]] * A[idx[p], j0 : j0 + width]."""
+            """chain's sums += v[idx[p]] * A[idx[p], j0 : j0 + width], one sum per mask."""
             row = builder.load(builder.gep(positions.data, [p]))
             at = builder.gep(values.data, [builder.mul(row, value_bytes)], source_etype=byte)
             value = builder.load(at, typ=context.get_value_type(v.dtype))
@@ -250,12 +251,33 @@ def _combine_rows(typingctx, A, v, idx, lo, hi, out):
                 builder, builder.fpext(value, item) if v.dtype != A.dtype else value, lanes
             )
             start = builder.add(builder.mul(row, row_bytes), builder.mul(j0, i64(size)))
-            for q, total in enumerate(sums[chain]):
+            for q, (mask, total) in enumerate(zip(masks, sums[chain], strict=False)):
                 offset = builder.add(start, i64(q * lanes * size))
                 where = builder.gep(rows.data, [offset], source_etype=byte)
-                x = builder.call(load, [where, i32(size), masks[q], zero])
+                x = builder.call(load, [where, i32(size), mask, zero])
                 product = builder.fmul(weight, x, flags=flags)
                 builder.store(builder.fadd(builder.load(total), product, flags=flags), total)
+
+        def add_chunk(p0, count, first, j0, vectors):
+            """out[j0 : j0 + vectors * lanes] (+)= the terms p0 : p0 + count."""
+            columns = _splat(builder, builder.sub(m, j0), lanes)
+            masks = [builder.icmp_signed("<", lane[q], columns) for q in range(vectors)]
+            ats = [
+                builder.gep(target.data, [builder.add(j0, i64(q * lanes))]) for q in range(vectors)
+            ]
+            for q in range(vectors):
+                so_far = builder.call(load, [ats[q], i32(size), masks[q], zero])
+                builder.store(builder.select(first, zero, so_far), sums[0][q])
+                builder.store(zero, sums[1][q])
+            with cgutils.for_range(builder, builder.sdiv(count, i64(2))) as pair:
+                p = builder.add(p0, builder.mul(pair.index, i64(2)))
+                add_term(p, 0, j0, masks)
+                add_term(builder.add(p, i64(1)), 1, j0, masks)
+            with builder.if_then(builder.trunc(count, ir.IntType(1))):
+                add_term(builder.sub(builder.add(p0, count), i64(1)), 0, j0, masks)
+            for q in range(vectors):
+                both = builder.fadd(builder.load(sums[0][q]), builder.load(sums[1][q]))
+                builder.call(store, [both, ats[q], i32(size), masks[q]])
 
         with cgutils.for_range(builder, blocks) as block:
             p0 = builder.add(lo, builder.mul(block.index, i64(TERMS)))
@@ -263,25 +285,17 @@ def _combine_rows(typingctx, A, v, idx, lo, hi, out):
             first = builder.icmp_signed("==", block.index, i64(0))
             with cgutils.for_range(builder, chunks) as chunk:
                 j0 = builder.mul(chunk.index, i64(width))
-                columns = _splat(builder, builder.sub(m, j0), lanes)
-                masks = [builder.icmp_signed("<", lane[q], columns) for q in range(VECTORS)]
-                ats = [
-                    builder.gep(target.data, [builder.add(j0, i64(q * lanes))])
-                    for q in range(VECTORS)
-                ]
-                for q in range(VECTORS):
-                    so_far = builder.call(load, [ats[q], i32(size), masks[q], zero])
-                    builder.store(builder.select(first, zero, so_far), sums[0][q])
-                    builder.store(zero, sums[1][q])
-                with cgutils.for_range(builder, builder.sdiv(count, i64(2))) as pair:
-                    p = builder.add(p0, builder.mul(pair.index, i64(2)))
-                    add_term(p, 0, j0, masks)
-                    add_term(builder.add(p, i64(1)), 1, j0, masks)
-                with builder.if_then(builder.trunc(count, ir.IntType(1))):
-                    add_term(builder.sub(builder.add(p0, count), i64(1)), 0, j0, masks)
-                for q in range(VECTORS):
-                    both = builder.fadd(builder.load(sums[0][q]), builder.load(sums[1][q]))
-                    builder.call(store, [both, ats[q], i32(size), masks[q]])
+                # The vectors this chunk needs (the last chunk of a row may need fewer).
+                left = builder.sdiv(builder.add(builder.sub(m, j0), i64(lanes - 1)), i64(lanes))
+                done = builder.append_basic_block("chunk.done")
+                cases = [builder.append_basic_block(f"chunk.{q}") for q in range(1, VECTORS + 1)]
+                switch = builder.switch(left, cases[-1])
+                for vectors, case in enumerate(cases, 1):
+                    switch.add_case(i64(vectors), case)
+                    builder.position_at_end(case)
+                    add_chunk(p0, count, first, j0, vectors)
+                    builder.branch(done)
+                builder.position_at_end(done)
         return context.get_dummy_value()
 
     return sig, codegen
