@@ -13,7 +13,8 @@ Sections (``--section``, default userloop,kernels,layers,train; they run in this
   mean everything but the matrix products is free; below 1 the step uses both cores);
 - peers: the train step and the user loop's gradient in PyTorch (eager, torch.compile) and
   JAX (jit), when they are installed (they are not dependencies);
-- crossover: serial vs parallel build of every kernel over sizes, next to CROSSOVER;
+- crossover: serial vs parallel build of every kernel over sizes, next to CROSSOVER, and
+  the sparse first layer vs the BLAS over densities of x, next to SPARSE_DENSITY;
 - distributed: data-parallel training over MPI ranks (needs the [mpi] extra);
 - setup: the README's set-up commands in a new venv, timed (``fastbp.benchsetup``; not
   part of ``all``).
@@ -29,6 +30,7 @@ environment.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -72,6 +74,7 @@ class Settings:
     train_sizes: tuple
     peer_sizes: tuple
     ladder: tuple  # element counts of the crossover ladder
+    densities: tuple  # fractions of nonzeros of the sparse-or-dense ladder
     loop_processes: int  # user loop: processes per variant, each timing loop_rounds
     loop_rounds: int  # rounds of loop_block iterations and one accuracy
     loop_block: int
@@ -90,6 +93,7 @@ FULL = Settings(
     train_sizes=benchcases.TRAIN_SIZES,
     peer_sizes=benchcases.PEER_SIZES,
     ladder=tuple(1 << p for p in range(10, 23)),  # 1K .. 4M elements
+    densities=benchcases.DENSITIES,
     loop_processes=7,  # 2,800 iterations and 70 accuracies per variant
     loop_rounds=10,
     loop_block=40,
@@ -98,7 +102,7 @@ FULL = Settings(
 QUICK = Settings(  # the CI smoke run: one size per case, a few short samples
     quick=True, min_time=0.001, repeat=3, min_repeat=3, max_time=0.0,
     shapes=((100, 50),), affine_shapes=((100, 784, 50),), train_sizes=((50, 100),),
-    peer_sizes=((50, 100),), ladder=tuple(1 << p for p in range(10, 23, 4)),
+    peer_sizes=((50, 100),), ladder=tuple(1 << p for p in range(10, 23, 4)), densities=(0.1, 0.4),
     loop_processes=1, loop_rounds=2, loop_block=5, distributed=(8, 10, 2),
 )  # fmt: skip
 # Fused train step ladder of --section crossover: the book's hidden units, on real MNIST
@@ -425,6 +429,37 @@ def crossover_rows(settings, name_filter):
     return rows
 
 
+@contextlib.contextmanager
+def numba_threads(count):
+    """Numba's thread count for this thread set to ``count`` inside the block."""
+    before = numba.get_num_threads()
+    numba.set_num_threads(count)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
+def density_rows(settings, name_filter):
+    """For each kernel with a sparse first layer, dtype and thread mode (one Numba thread,
+    all of them): the sparse / dense ladder over densities (``dispatch.densities`` reads
+    these rows)."""
+    rows = []
+    for name in benchcases.SPARSE_KERNELS:
+        if name_filter not in name:
+            continue
+        for dtype in benchcases.DTYPES:
+            for threads in sorted({1, numba.get_num_threads()}):
+                ladder = []
+                for density in settings.densities:
+                    pair = benchcases.sparse_pair(name, density, dtype)
+                    with numba_threads(threads):
+                        sparse, dense = medians(pair, settings)
+                    ladder.append({"size": density, "sparse": sparse, "dense": dense})
+                rows.append({"kernel": name, "dtype": dtype, "threads": threads, "ladder": ladder})
+    return rows
+
+
 # -- machine ---------------------------------------------------------------------------
 
 
@@ -552,6 +587,7 @@ def main(args):
         _print(report.section_text(result, section))
     if "crossover" in sections:
         result["crossover"] = crossover_rows(settings, args.filter)
+        result["density"] = density_rows(settings, args.filter)
         _print(report.section_text(result, "crossover"))
     if "peers" in sections:  # last in this process: other frameworks' threads stay around
         peers = [case for case in peer_cases(settings) if args.filter in case.label]

@@ -237,6 +237,39 @@ def layer_case(family, impl, shape, dtype):
     return lambda: layer.forward(*forward_args), lambda: layer.backward(dout)
 
 
+# -- the sparse first layer's density ladder ---------------------------------------------
+
+# Fractions of nonzeros in x at which ``fastbp bench --section crossover`` times the sparse
+# first layer against the BLAS, and the kernels that choose between them by density.
+DENSITIES = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6)
+SPARSE_KERNELS = ("two_layer_step", "affine_forward", "affine_backward")
+
+
+def sparse_pair(name, density, dtype, seed=0):
+    """(sparse, dense) callables of kernel ``name`` with its first layer forced each way,
+    at the book's shapes (batch 100, 784 -> 50 -> 10): x uniform random in [0, 1) with a
+    fraction ``density`` of nonzeros, everything in ``dtype``."""
+    rng = np.random.default_rng(seed)
+    shape = (BOOK_BATCH, INPUT_SIZE)
+    x = (rng.random(shape) * (rng.random(shape) < density)).astype(dtype)
+    if name == "two_layer_step":
+        params = two_layer_params(BOOK_HIDDEN, dtype, seed)
+        t = rng.integers(0, CLASSES, BOOK_BATCH)
+        steps = [fused.TwoLayerStep.from_params(params, sparse=s) for s in (True, False)]
+        return tuple(functools.partial(step.gradient, x, t) for step in steps)
+    W = rng.standard_normal((INPUT_SIZE, BOOK_HIDDEN)).astype(dtype)
+    if name == "affine_forward":
+        b, out = np.zeros(BOOK_HIDDEN, dtype), np.empty((BOOK_BATCH, BOOK_HIDDEN), dtype)
+        return tuple(functools.partial(affine.forward, out, x, W, b, d) for d in (1.0, -1.0))
+    if name == "affine_backward":
+        dout = rng.standard_normal((BOOK_BATCH, BOOK_HIDDEN)).astype(dtype)
+        grads = np.empty(shape, dtype), np.empty(W.shape, dtype), np.empty(BOOK_HIDDEN, dtype)
+        return tuple(
+            functools.partial(affine.backward, dout, x, W, *grads, True, d) for d in (1.0, -1.0)
+        )
+    raise NotImplementedError(f"kernel {name!r} has no sparse first layer")
+
+
 # -- TwoLayerNet train step ------------------------------------------------------------
 
 

@@ -18,7 +18,8 @@ safe. One step object may be shared by threads: calls take turns (a lock).
 
 Sparse batches (MNIST images are about 80% zeros) can take a first layer that only touches
 the W1 rows at nonzero pixels; ``sparse="auto"`` chooses it per batch from the nonzero
-count against ``SPARSE_DENSITY`` and gives the dense path's results to rounding.
+count against the measured ``dispatch.sparse_density`` and gives the dense path's results
+to rounding.
 """
 
 import math
@@ -29,7 +30,7 @@ import numpy as np
 from fastbp import checks
 from fastbp.kernels import nonzeros
 from fastbp.kernels.blas import plan
-from fastbp.kernels.dispatch import SPARSE_DENSITY
+from fastbp.kernels.dispatch import sparse_density
 from fastbp.kernels.two_layer_step import two_layer_step
 
 PARAM_NAMES = ("W1", "b1", "W2", "b2")
@@ -177,10 +178,11 @@ class TwoLayerStep:
                 g = self._grad_arrays(grads, arrays, params, label)
             else:  # the kernel touches no gradient: empty arrays of the same types
                 g = [np.empty((0,) * p.ndim, dtype) for p in params]
-            max_nnz = int(SPARSE_DENSITY[dtype] * n * k) if sparse == "auto" else -1
+            build, blocks, own = plan(two_layer_step, x.size * h)
+            density = sparse_density("two_layer_step", dtype, own)
+            max_nnz = int(density * n * k) if sparse == "auto" else -1
             if sparse is True:
                 max_nnz = n * k
-            build, blocks, own = plan(two_layer_step, x.size * h)
             cast = x.dtype != dtype
             xw, nz, z1, y, dy, dz1, *parts = self._buffers(n, k, h, c, dtype, blocks, cast, max_nnz)
             loss, used_sparse = build(

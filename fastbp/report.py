@@ -20,6 +20,8 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from fastbp import benchsetup
 
 NEVER_TEXT = "never"
@@ -205,6 +207,30 @@ def crossover_table(result):
     return headers, body
 
 
+def density_table(result):
+    """Per kernel, dtype and Numba threads: the density of x below which the sparse first
+    layer runs (``dispatch.densities`` of the rows) and its sparse / dense time ladder."""
+    from fastbp.kernels import dispatch
+
+    rows = result.get("density", [])
+    if not rows:
+        return ["kernel"], []
+    measured = dispatch.densities(rows)
+    headers = ["kernel", "dtype", "Numba threads", "sparse below"]
+    headers += [f"{p['size']:g}" for p in rows[0]["ladder"]]
+    body = [
+        [
+            row["kernel"],
+            row["dtype"],
+            str(row["threads"]),
+            f"{measured[(row['kernel'], np.dtype(row['dtype']), row['threads'] > 1)]:g}",
+            *(f"{p['sparse'] / p['dense']:.3g}" for p in row["ladder"]),
+        ]
+        for row in rows
+    ]
+    return headers, body
+
+
 def crossover_ladders(result):
     """For each dtype: (title, headers, body) of serial / parallel time per size."""
     rows = result.get("crossover", [])
@@ -352,6 +378,7 @@ TABLES = {
     "layers": lambda result: pair_table(result, "layers"),
     "conv": lambda result: pair_table(result, "conv"),
     "crossover": crossover_table,
+    "density": density_table,
     "distributed": distributed_table,
     "costmodel": cost_model_table,
     "setup": setup_table,
@@ -369,6 +396,10 @@ def section_text(result, section):
         parts.append(text_table(*peers_table(result, gradient=True)))
     if section == "crossover":
         parts += [f"{title}\n{text_table(h, b)}" for title, h, b in crossover_ladders(result)]
+        headers, body = density_table(result)
+        if body:
+            title = "sparse / dense time by density of x (< 1: the sparse first layer wins)"
+            parts.append(f"{title}\n{text_table(headers, body)}")
     return "\n\n".join(parts)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from numba import prange
 
 from fastbp.kernels.blas import block_of, columns_in_dtype, gemm, plan, rows_in_dtype, sum_blocks
-from fastbp.kernels.dispatch import SPARSE_DENSITY, twin
+from fastbp.kernels.dispatch import sparse_density, twin
 from fastbp.kernels.nonzeros import (
     buffer_size,
     by_columns,
@@ -103,24 +103,29 @@ def affine_backward(dout, x, xw, W, dx, dW, db, need_dx, max_nnz, nz, dbp, own):
     sum_blocks(dbp, db)
 
 
-def forward(out, x, W, b):
+def forward(out, x, W, b, density=None):
     """``affine_forward`` on the blocks ``blas.plan`` picks: x[N, K] (float32 or W's
-    dtype, C-contiguous), W[K, M], b[M], out[N, M] in W's dtype; sparse blocks up to the
-    fused step's measured density (``SPARSE_DENSITY``)."""
+    dtype, C-contiguous), W[K, M], b[M], out[N, M] in W's dtype; sparse chunks up to
+    ``density`` (None: the measured ``dispatch.sparse_density``; negative: never)."""
     build, blocks, own = plan(affine_forward, out.size * x.shape[1])
+    if density is None:
+        density = sparse_density("affine_forward", W.dtype, own)
     k = x.shape[1]
     xw = np.empty((blocks * CHUNK_ROWS, k), W.dtype) if x.dtype != W.dtype else None
     cols = np.empty((blocks, k), np.int64)
-    build(out, x, W, b, xw, SPARSE_DENSITY[W.dtype], cols, own)
+    build(out, x, W, b, xw, density, cols, own)
 
 
-def backward(dout, x, W, dx, dW, db, need_dx):
+def backward(dout, x, W, dx, dW, db, need_dx, density=None):
     """``affine_backward`` on the blocks ``blas.plan`` picks: x[N, K] float32 or W's
     dtype (cast here only for a dense dW), the other arrays in W's dtype; dW from x's
-    nonzeros up to the fused step's measured density (``SPARSE_DENSITY``)."""
+    nonzeros up to ``density`` (None: the measured ``dispatch.sparse_density``; negative:
+    never)."""
     build, blocks, own = plan(affine_backward, dout.size * x.shape[1])
+    if density is None:
+        density = sparse_density("affine_backward", W.dtype, own)
     n, k = x.shape
-    max_nnz = int(SPARSE_DENSITY[W.dtype] * x.size)
+    max_nnz = int(density * x.size) if density >= 0 else -1
     nz = np.empty(buffer_size(n, k, blocks, max(max_nnz, 0)), np.int64)
     xw = np.empty(x.shape, W.dtype) if x.dtype != W.dtype else None  # for a dense dW
     dbp = np.empty((blocks, db.size), db.dtype)

@@ -39,15 +39,17 @@ NEVER = math.inf
 CROSSOVER_FILE = Path(__file__).with_name("crossover.json")
 
 
-def measured_crossover(*ladders):
+def measured_crossover(*ladders, below="serial", above="parallel"):
     """Size from which the parallel build should run, by ladders ([{size, serial,
     parallel}], one per dtype, on the same sizes): the one at which dispatching (serial
     below it, parallel from it) gives the least total log time over all their points, so a
-    single noisy point cannot move it far; None where serial everywhere is best."""
-    gain = {}  # size -> summed log(parallel / serial): what running parallel there costs
+    single noisy point cannot move it far; None where serial everywhere is best.
+    ``below``, ``above``: the keys of the two choices' times (the density ladders time
+    "sparse" below and "dense" above)."""
+    gain = {}  # size -> summed log(above / below): what running ``above`` there costs
     for ladder in ladders:
         for point in ladder:
-            ratio = math.log(point["parallel"] / point["serial"])
+            ratio = math.log(point[above] / point[below])
             gain[point["size"]] = gain.get(point["size"], 0.0) + ratio
     found, least, total = None, 0.0, 0.0
     for size in sorted(gain, reverse=True):
@@ -79,13 +81,34 @@ def crossovers(rows):
 
 
 with open(CROSSOVER_FILE) as _file:
-    CROSSOVER = crossovers(json.load(_file)["crossover"])
+    _measured = json.load(_file)
+CROSSOVER = crossovers(_measured["crossover"])
 
-# Largest fraction of nonzeros in x at which the sparse first layer (the fused train step,
-# Affine forward and backward) is taken, by the weights' dtype. Measured on Affine forward
-# 100x784->50, one block, uniform random nonzeros: float64 sparse ahead of the BLAS up
-# to ~35% nonzeros (MNIST's 19%: 69 against 115 us), float32 up to ~12%.
-SPARSE_DENSITY = {np.dtype(np.float64): 0.25, np.dtype(np.float32): 0.12}
+
+def densities(rows):
+    """{(kernel, dtype, own): density} from the bench's density rows (``fastbp bench
+    --section crossover``: the sparse first layer and the BLAS timed in turn over
+    fractions of nonzeros, per kernel, dtype and thread mode): ``measured_crossover``'s
+    density from which the BLAS wins, 1.0 where the sparse path won at every density.
+    ``own``: the blocks on the private single-threaded BLAS (several Numba threads),
+    else one block on NumPy's threaded BLAS (one Numba thread: ``blas.plan``)."""
+    out = {}
+    for row in rows:
+        found = measured_crossover(row["ladder"], below="sparse", above="dense")
+        out[(row["kernel"], np.dtype(row["dtype"]), row["threads"] > 1)] = found or 1.0
+    return out
+
+
+# Fraction of nonzeros in x up to which the sparse first layer (the fused train step,
+# Affine forward and backward) is taken: SPARSE_DENSITY[(kernel, weights' dtype, own)].
+SPARSE_DENSITY = densities(_measured.get("density", []))
+
+
+def sparse_density(kernel, dtype, own):
+    """SPARSE_DENSITY of ``kernel`` for weights of ``dtype`` on blocks with private
+    BLAS (``own``) or not; 0 (never sparse) where it was not measured."""
+    return SPARSE_DENSITY.get((kernel, np.dtype(dtype), own), 0.0)
+
 
 # Bit-exact float flags: no nnan/ninf (they fold isnan to False) and no reciprocal tricks.
 FASTMATH = {"contract", "reassoc", "nsz"}

@@ -17,7 +17,7 @@ from numba.extending import intrinsic, overload
 
 from fastbp.kernels.dispatch import FASTMATH
 
-LANES = 16  # elements compared and compress-stored at a time
+LANES = 16  # elements compared and compressed at a time
 VECTORS = 4  # 64-byte vectors of sums per chunk of a combined row (and two chains each)
 TERMS = 32  # terms summed per pass over a combined row's chunks
 # Rows up to this size are summed in registers (wider ones, where A outgrows L2, stream

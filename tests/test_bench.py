@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 
@@ -64,6 +65,51 @@ def test_crossover_json(tmp_path, capsys):
         assert [point["size"] for point in row["ladder"]] == list(bench.QUICK.ladder)
         assert row["measured"] == dispatch.measured_crossover(row["ladder"])
     assert "relu_backward" in capsys.readouterr().out
+
+
+def test_density_json(tmp_path, capsys):
+    rows = run_bench(tmp_path, "--section", "crossover", "--filter", "affine_forward")["density"]
+    threads = sorted({1, numba.get_num_threads()})
+    expected = [("affine_forward", d, n) for d in benchcases.DTYPES for n in threads]
+    assert [(row["kernel"], row["dtype"], row["threads"]) for row in rows] == expected
+    for row in rows:
+        assert [point["size"] for point in row["ladder"]] == list(bench.QUICK.densities)
+    assert "sparse / dense time by density" in capsys.readouterr().out
+
+
+def test_densities_are_where_the_blas_starts_to_win():
+    def row(dtype, threads, *dense_wins):
+        points = [
+            {"size": 0.1 * (i + 1), "sparse": 1.0, "dense": 0.5 if wins else 2.0}
+            for i, wins in enumerate(dense_wins)
+        ]
+        return {"kernel": "affine_forward", "dtype": dtype, "threads": threads, "ladder": points}
+
+    found = dispatch.densities([row("float32", 2, False, True, True), row("float64", 1, False)])
+    assert found[("affine_forward", np.dtype(np.float32), True)] == pytest.approx(0.2)
+    assert found[("affine_forward", np.dtype(np.float64), False)] == 1.0  # sparse won everywhere
+
+
+def test_every_sparse_kernel_has_its_measured_densities():
+    for kernel in benchcases.SPARSE_KERNELS:
+        for dtype in benchcases.DTYPES:
+            for own in (False, True):
+                assert (kernel, np.dtype(dtype), own) in dispatch.SPARSE_DENSITY
+
+
+@pytest.mark.parametrize("name", benchcases.SPARSE_KERNELS)
+def test_sparse_pairs_do_the_same_work(name):
+    """The density ladder's two callables give equal results to rounding."""
+    results = []
+    for call in benchcases.sparse_pair(name, 0.2, "float64"):
+        grads = call()
+        if name == "two_layer_step":
+            results.append([grads[key].copy() for key in sorted(grads)])
+        else:  # the layer wrappers: their outputs among the arguments
+            outputs = call.args[:1] if name == "affine_forward" else call.args[3:6]
+            results.append([a.copy() for a in outputs])
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12 * np.abs(b).max())
 
 
 def ladder(*parallel_wins):

@@ -37,9 +37,9 @@ def test_the_docs_have_their_generated_tables():
 
 def test_every_table_renders_from_the_committed_json():
     files = (
-        ("docs/bench.json", set(report.TABLES) - {"setup", "crossover"}),
+        ("docs/bench.json", set(report.TABLES) - {"setup", "crossover", "density"}),
         ("docs/setup.json", {"setup"}),
-        ("kernels/crossover.json", {"crossover"}),
+        ("kernels/crossover.json", {"crossover", "density"}),
     )
     for file, names in files:
         result = json.loads((ROOT / file).read_text())
