@@ -216,7 +216,7 @@ def density_table(result):
     if not rows:
         return ["kernel"], []
     measured = dispatch.densities(rows)
-    headers = ["kernel", "dtype", "Numba threads", "sparse below"]
+    headers = ["kernel", "dtype", "Numba threads", "sparse up to"]
     headers += [f"{p['size']:g}" for p in rows[0]["ladder"]]
     body = [
         [

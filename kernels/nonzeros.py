@@ -112,9 +112,10 @@ def count_nonzeros(v):
 def record_nonzeros(v, out, p, end):
     """Positions of the nonzeros of the contiguous vector v into out[p:end], in order;
     returns the position after the last one written. Writes nothing at or past ``end``
-    (where v has more nonzeros than fit, the rest are dropped: the caller counted them).
-    Chunks are compressed while LANES places are left, then one entry at a time until
-    out is full."""
+    (where v has more nonzeros than fit, the rest are dropped: the caller counted them),
+    nor past out's end. Chunks are compressed while LANES places are left, then one entry
+    at a time until out is full."""
+    end = min(end, out.size)
     c = 0
     while c + LANES <= v.size and p + LANES <= end:
         p += compress_chunk(v, c, out, p)

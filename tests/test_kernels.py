@@ -159,6 +159,10 @@ def test_record_nonzeros_stays_in_its_room(rng, size, dtype):
         assert end == p + written
         np.testing.assert_array_equal(out[p:end], found[:written])
         assert (out[:p] == -1).all() and (out[p + room :] == -1).all()
+    out = np.full(found.size // 2 + 3, -1, np.int64)  # an end past out's: out's end holds
+    end = _record_nonzeros(v, out, 3, out.size + 100)
+    np.testing.assert_array_equal(out[3:end], found[: end - 3])
+    assert end == min(out.size, 3 + found.size)
 
 
 # Row widths about the 64-byte vector, the chunk and the NARROW_BYTES boundaries.
