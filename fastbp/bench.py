@@ -51,6 +51,9 @@ from fastbp.kernels import CROSSOVER, dispatch
 from fastbp.kernels.dispatch import NEVER
 from fastbp.train import blas_threads
 
+# Environment variables that choose the BLAS's kernels (recorded in the machine info).
+BLAS_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "MKL_DEBUG_CPU_TYPE")
+
 # In the order they run.
 SECTIONS = (
     "userloop", "kernels", "layers", "train", "conv", "crossover", "peers", "distributed",
@@ -506,10 +509,16 @@ def machine_info():
     except ImportError:
         return info
     info["blas"] = [
-        f"{pool['internal_api']} {pool['version']} ({pool['num_threads']} threads)"
+        f"{pool['internal_api']} {pool['version']} {pool.get('architecture') or ''}".rstrip()
+        + f" ({pool['num_threads']} threads)"
         for pool in threadpool_info()
         if pool["user_api"] == "blas"
     ]
+    # Kernel choices set in the environment (e.g. OPENBLAS_CORETYPE=Haswell) change the
+    # BLAS's speed, and so every GEMM-bound row: recorded with the numbers.
+    info["blas_variables"] = {
+        name: os.environ[name] for name in BLAS_VARIABLES if name in os.environ
+    }
     return info
 
 

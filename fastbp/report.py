@@ -327,6 +327,7 @@ def machine_line(result):
         f"{info.get('numba_threads', '?')} Numba threads",
     ]
     parts += [f"BLAS {blas}" for blas in info.get("blas", ())]
+    parts += [f"{name}={value}" for name, value in info.get("blas_variables", {}).items()]
     parts += [f"{name} {version}" for name, version in info.get("peers", {}).items()]
     parts = [part for part in parts if part]
     if result.get("settings", {}).get("quick"):
