@@ -29,6 +29,8 @@ import types
 import numpy as np
 
 DEFAULT_TIMEOUT = 300.0
+# Seconds a failing rank waits between its message and MPI_Abort (see ``abort``).
+ABORT_GRACE_S = 0.5
 
 
 def get_mpi():
@@ -122,8 +124,10 @@ def abort(comm, exc):
     """Print ``exc`` with the rank, then end every rank of the job (MPI_Abort).
 
     Writes to the process's real stderr, which ``init_rank`` leaves open on every rank.
-    The one-line message goes first and is flushed on its own: when MPI_Abort tears the
-    job down, mpiexec may drop the tail of what a rank wrote (seen: a cut traceback).
+    The one-line message goes first and is flushed on its own, and the abort waits
+    ``ABORT_GRACE_S`` after it: when MPI_Abort tears the job down, mpiexec drops what a
+    rank wrote that its I/O forwarding had not yet read (seen: a cut traceback, and once
+    the whole message of a rank that had printed nothing before).
     """
     sys.__stderr__.write(
         f"fastbp: rank {comm.rank} of {comm.size} failed: {type(exc).__name__}: {exc}; "
@@ -132,6 +136,7 @@ def abort(comm, exc):
     sys.__stderr__.flush()
     traceback.print_exception(exc, file=sys.__stderr__)
     sys.__stderr__.flush()
+    time.sleep(ABORT_GRACE_S)
     comm.Abort(1)
 
 
