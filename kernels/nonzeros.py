@@ -193,6 +193,11 @@ def _at_most(builder, value, high):
     return builder.select(builder.icmp_signed(">", value, high), high, value)
 
 
+def _ceil_div(builder, value, divisor):
+    """ceil(value / divisor) for value >= 0 and a constant int64 divisor."""
+    return builder.sdiv(builder.add(value, ir.IntType(64)(divisor - 1)), ir.IntType(64)(divisor))
+
+
 @intrinsic
 def _combine_rows(typingctx, A, v, idx, lo, hi, out):
     """``combine_rows`` for rows of at most NARROW_BYTES, the sums in registers.
@@ -233,11 +238,9 @@ def _combine_rows(typingctx, A, v, idx, lo, hi, out):
         (value_bytes,) = cgutils.unpack_tuple(builder, values.strides, 1)
         zero = ir.Constant(vector, [0.0] * lanes)
         width = VECTORS * lanes
-        chunks = builder.sdiv(builder.add(m, i64(width - 1)), i64(width))
+        chunks = _ceil_div(builder, m, width)
         terms = _at_least(builder, builder.sub(hi, lo), i64(0))
-        blocks = _at_least(
-            builder, builder.sdiv(builder.add(terms, i64(TERMS - 1)), i64(TERMS)), i64(1)
-        )
+        blocks = _at_least(builder, _ceil_div(builder, terms, TERMS), i64(1))
         sums = [[cgutils.alloca_once(builder, vector) for _ in range(VECTORS)] for _ in range(2)]
         lane = [ir.Constant(ir.VectorType(i64, lanes), list(range(q * lanes, (q + 1) * lanes)))
                 for q in range(VECTORS)]  # fmt: skip
@@ -287,7 +290,7 @@ def _combine_rows(typingctx, A, v, idx, lo, hi, out):
             with cgutils.for_range(builder, chunks) as chunk:
                 j0 = builder.mul(chunk.index, i64(width))
                 # The vectors this chunk needs (the last chunk of a row may need fewer).
-                left = builder.sdiv(builder.add(builder.sub(m, j0), i64(lanes - 1)), i64(lanes))
+                left = _ceil_div(builder, builder.sub(m, j0), lanes)
                 done = builder.append_basic_block("chunk.done")
                 cases = [builder.append_basic_block(f"chunk.{q}") for q in range(1, VECTORS + 1)]
                 switch = builder.switch(left, cases[-1])
