@@ -24,6 +24,7 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _kernel = functools.partial(LazyKernel, globals(), "fastbp.kernels.labels")
 first_bad_index = _kernel("first_bad_index")
 first_bad_onehot_row = _kernel("first_bad_onehot_row")
+first_bad_onehot_row_classes = _kernel("first_bad_onehot_row_classes")
 
 
 def frozen(a):
@@ -114,7 +115,7 @@ def c_array(a, dtype):
     return np.asarray(a, dtype=dtype, order="C")
 
 
-def labels(t, n, c, float_dtype):
+def labels(t, n, c, float_dtype, classes=None):
     """Validate labels for N rows of C classes: indices t[N] (or an integer column t[N, 1],
     as the book reads it when C > 1) or one-hot rows t[N, C].
 
@@ -123,6 +124,8 @@ def labels(t, n, c, float_dtype):
     after ``forward`` can never send an out-of-range index to ``backward``'s kernel.
     One-hot labels come back in ``np.result_type(float_dtype, t.dtype)``, the dtype of
     the book's ``y - t`` for logits of ``float_dtype`` (exact: the values are 0 and 1).
+    ``classes``: an intp[N] array that one-hot labels' class indices are written into,
+    in the same compiled pass as their check (index labels: left alone).
     """
     t = native(np.asarray(t))
     if t.ndim == 2 and t.shape == (n, 1) and c != 1 and t.dtype.kind in "iu":
@@ -153,7 +156,10 @@ def labels(t, n, c, float_dtype):
         # Converted first (0 and 1 are exact in any float; other values stay other values),
         # so the check runs on float32/float64 only.
         t = np.ascontiguousarray(t, dtype=np.result_type(float_dtype, t.dtype))
-        bad = first_bad_onehot_row(t)
+        if classes is None:
+            bad = first_bad_onehot_row(t)
+        else:
+            bad = first_bad_onehot_row_classes(t, classes)
         if bad >= 0:
             raise ValueError(
                 f"t: one-hot rows must hold a single 1 and zeros elsewhere (row {bad} does not)"

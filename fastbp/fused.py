@@ -41,12 +41,16 @@ def _params(arrays):
     """The four params (``arrays``: W1, b1, W2, b2 read once from the params dict) as
     checked views: one float dtype, consistent shapes, C-contiguous and writeable."""
     W1, b1, W2, b2 = (
-        checks.updatable(name, p, ndim=2 if name[0] == "W" else 1)
-        for name, p in zip(PARAM_NAMES, arrays, strict=True)
+        checks.updatable(name, p, ndim=ndim)
+        for name, p, ndim in zip(PARAM_NAMES, arrays, (2, 1, 2, 1), strict=True)
     )
+    (h, c), dtype = W2.shape, W1.dtype
+    same_dtype = b1.dtype is dtype and W2.dtype is dtype and b2.dtype is dtype
+    if same_dtype and W1.shape[1] == h and b1.shape == (h,) and b2.shape == (c,):
+        return W1, b1, W2, b2  # the common case, in one test
     for name, p in zip(PARAM_NAMES[1:], (b1, W2, b2), strict=True):
-        if p.dtype != W1.dtype:
-            raise TypeError(f"{name} has dtype {p.dtype}, expected {W1.dtype} like W1")
+        if p.dtype != dtype:
+            raise TypeError(f"{name} has dtype {p.dtype}, expected {dtype} like W1")
     h, c = W1.shape[1], W2.shape[1]
     for name, p, shape in (("b1", b1, (h,)), ("W2", W2, (h, c)), ("b2", b2, (c,))):
         checks.same_shape(name, p, "W1 and W2 imply", shape)
@@ -172,8 +176,9 @@ class TwoLayerStep:
             x = checks.c_array(x, None)
             if not x.flags.writeable:  # the kernel's one signature takes writeable arrays
                 x = x.copy()
-            labels = checks.labels(t, n, c, dtype)
-            t = labels.argmax(axis=1) if labels.ndim == 2 else labels  # the kernel's indices
+            classes = np.empty(n, np.intp)  # the kernel's labels: class indices
+            labels = checks.labels(t, n, c, dtype, classes)
+            t = classes if labels.ndim == 2 else labels
             if backward:
                 g = self._grad_arrays(grads, arrays, params, label)
             else:  # the kernel touches no gradient: empty arrays of the same types

@@ -12,6 +12,7 @@ Each Affine layer holds its ``params`` arrays by reference: in-place updates by 
 optimizer and in-place perturbations by ``numerical_gradient`` reach the layers directly.
 """
 
+import operator
 from collections import OrderedDict
 
 import numpy as np
@@ -169,23 +170,20 @@ class TwoLayerNet(LayerNet):
         """The ``fastbp.fused.TwoLayerStep`` on the layers' params if batch x can take it,
         else None: x must be a float array of N >= 1 samples whose dtype promotes to the
         params' dtype, and the params one float dtype, C-contiguous and writeable."""
-        arrays = (self.layers["Affine1"].W, self.layers["Affine1"].b)
-        arrays += (self.layers["Affine2"].W, self.layers["Affine2"].b)
+        first, second = self.layers["Affine1"], self.layers["Affine2"]
+        arrays = (first.W, first.b, second.W, second.b)
         held, step = self._fused
-        if held is None or any(a is not b for a, b in zip(arrays, held, strict=True)):
+        if held is None or not all(map(operator.is_, arrays, held)):
             try:
                 step = TwoLayerStep(*arrays)
             except (TypeError, ValueError):  # the layers handle (or reject) such params
                 step = None
             self._fused = (arrays, step)
-        fits = (
-            isinstance(x, np.ndarray)
-            and x.ndim >= 2
-            and x.size > 0
-            and x.dtype in checks.FLOAT_DTYPES
-            and np.result_type(x.dtype, arrays[0].dtype) == arrays[0].dtype
-        )
-        return step if fits else None
+        if step is None or not isinstance(x, np.ndarray) or x.ndim < 2 or x.size == 0:
+            return None
+        dtype = arrays[0].dtype
+        promotes = x.dtype in checks.FLOAT_DTYPES and np.result_type(x, dtype) == dtype
+        return step if x.dtype == dtype or promotes else None
 
     def loss(self, x, t):
         """Mean cross-entropy of the batch (t one-hot or class indices); one compiled

@@ -32,3 +32,22 @@ def first_bad_onehot_row(t):
         if ones != 1 or others != 0:
             return i
     return -1
+
+
+@njit(cache=True, nogil=True)
+def first_bad_onehot_row_classes(t, classes):
+    """``first_bad_onehot_row``, also writing each good row's class (the column of its 1)
+    into classes[N] (intp), up to the first bad row."""
+    for i in range(t.shape[0]):
+        ones = 0
+        others = 0
+        at = 0
+        for j in range(t.shape[1]):
+            v = t[i, j]
+            ones += v == 1
+            others += (v != 0) & (v != 1)
+            at = j if v == 1 else at
+        if ones != 1 or others != 0:
+            return i
+        classes[i] = at
+    return -1

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import assert_close, assert_loss_close, normal, rtol_for
 
-from fastbp import reference
+from fastbp import checks, reference
 from fastbp.fused import TwoLayerStep
 from fastbp.kernels import force_path
 from fastbp.nets import LayerNet, TwoLayerNet
@@ -405,3 +405,28 @@ def test_sparse_offsets_are_64_bit(rng):
     step = TwoLayerStep.from_params(make_params(rng, k, h, c, np.float64), sparse=True)
     step.gradient(sparse_batch(rng, n, k, np.float64), labels(rng, n, c, False))
     assert step._work["nz"].dtype == np.int64
+
+
+@pytest.mark.parametrize("dtype", [np.bool_, np.int8, np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 7, 300])
+def test_labels_classes_are_the_one_hot_argmax(rng, dtype, n):
+    t = np.eye(10, dtype=dtype)[rng.integers(0, 10, n)]
+    classes = np.full(n, -1, np.intp)
+    checked = checks.labels(t, n, 10, np.float64, classes)
+    np.testing.assert_array_equal(checked, t)
+    np.testing.assert_array_equal(classes, t.argmax(axis=1))
+    index_labels = rng.integers(0, 10, n)
+    np.testing.assert_array_equal(
+        checks.labels(index_labels, n, 10, np.float64, classes), index_labels
+    )
+    np.testing.assert_array_equal(classes, t.argmax(axis=1))  # left alone for index labels
+
+
+@pytest.mark.parametrize("bad", ["two ones", "no one", "a half", "nan"])
+def test_labels_classes_reject_what_labels_rejects(rng, bad):
+    t = np.eye(4)[rng.integers(0, 4, 6)]
+    t[3] = {"two ones": [1, 1, 0, 0], "no one": 0, "a half": [0.5, 0, 0, 0], "nan": np.nan}[bad]
+    with pytest.raises(ValueError, match=r"row 3 does not"):
+        checks.labels(t, 6, 4, np.float64)
+    with pytest.raises(ValueError, match=r"row 3 does not"):
+        checks.labels(t, 6, 4, np.float64, np.empty(6, np.intp))
