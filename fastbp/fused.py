@@ -35,6 +35,12 @@ from fastbp.kernels.two_layer_step import two_layer_step
 
 PARAM_NAMES = ("W1", "b1", "W2", "b2")
 SPARSE_CHOICES = ("auto", True, False)
+# What a forward-only call passes for the gradients: empty arrays of their types (the
+# kernel touches none of them, so one set per dtype serves every call and thread).
+_NO_GRADS = {
+    np.dtype(dtype): [np.empty((0,) * ndim, dtype) for ndim in (2, 1, 2, 1)]
+    for dtype in checks.FLOAT_DTYPES
+}
 
 
 def _params(arrays):
@@ -63,6 +69,8 @@ def _read(params):
 
 
 def _sparse(sparse):
+    if type(sparse) is str and sparse == "auto":  # the default, in one test
+        return sparse
     if not any(sparse is choice or sparse == choice for choice in SPARSE_CHOICES):
         raise ValueError(f"sparse must be 'auto', True or False, got {sparse!r}")
     return sparse if isinstance(sparse, str) else bool(sparse)
@@ -179,10 +187,8 @@ class TwoLayerStep:
             classes = np.empty(n, np.intp)  # the kernel's labels: class indices
             labels = checks.labels(t, n, c, dtype, classes)
             t = classes if labels.ndim == 2 else labels
-            if backward:
-                g = self._grad_arrays(grads, arrays, params, label)
-            else:  # the kernel touches no gradient: empty arrays of the same types
-                g = [np.empty((0,) * p.ndim, dtype) for p in params]
+            # Without backward the kernel touches no gradient: empty arrays of their types.
+            g = self._grad_arrays(grads, arrays, params, label) if backward else _NO_GRADS[dtype]
             build, blocks, own = plan(two_layer_step, x.size * h)
             density = sparse_density("two_layer_step", dtype, own)
             max_nnz = int(density * n * k) if sparse == "auto" else -1
@@ -198,14 +204,14 @@ class TwoLayerStep:
             self.hidden, self.probs = z1, y
             self._used_sparse = bool(used_sparse)
             result = (self.loss, z1.copy(), y.copy(), labels) if copies else self.loss
-            return result, dict(zip(PARAM_NAMES, g, strict=True))
+            return result, dict(zip(PARAM_NAMES, g, strict=True)) if backward else None
 
     def _grad_arrays(self, grads, arrays, params, label):
         """The checked gradient arrays of a call (see ``_run``); ``arrays`` are the
         params as read from the dict. Arrays found disjoint from those same params are
         remembered, so a run of calls on the same arrays checks overlaps once."""
         if isinstance(grads, str):  # "new": made here like the params, so nothing to check
-            return list(self._new_grads(params).values())
+            return [np.empty_like(p) for p in params]
         if grads is None:
             if self._grads is None:
                 self._grads = self._new_grads(params)

@@ -158,8 +158,9 @@ class Affine(reference.Affine):
         """Record x[N, ...] as the input of a forward pass computed elsewhere (the fused
         step of ``fastbp.nets.TwoLayerNet``), as ``forward(x)`` would (x, backward)."""
         x = checks.frozen(x)
-        flat = x.reshape(x.shape[0], -1)
-        self._forward = (x.shape, flat.dtype, checks.c_array(flat, None))
+        flat = x.reshape(x.shape[0], -1) if x.ndim != 2 else x
+        x2 = flat if flat.flags.c_contiguous else checks.c_array(flat, None)
+        self._forward = (x.shape, flat.dtype, x2)
         self.original_x_shape, self.x = x.shape, flat
 
     def backward(self, dout):

@@ -200,14 +200,15 @@ class TwoLayerNet(LayerNet):
         ``backward`` works on it. ``forward``: (loss, hidden, probs, checked labels) of the
         fused step."""
         loss, hidden, probs, labels = forward
-        self.layers["Affine1"].adopt_forward(x)
-        self.layers["Relu1"].mask = hidden <= 0
-        self.layers["Affine2"].adopt_forward(hidden)
+        layers = self.layers
+        first, second = layers["Affine1"], layers["Affine2"]
+        first.adopt_forward(x)
+        layers["Relu1"].mask = hidden <= 0
+        second.adopt_forward(hidden)
         self.lastLayer.adopt_forward(probs, t, loss, labels)
         if grads is not None:
-            for i in (1, 2):
-                affine = self.layers[f"Affine{i}"]
-                affine.dW, affine.db = grads[f"W{i}"], grads[f"b{i}"]
+            first.dW, first.db = grads["W1"], grads["b1"]
+            second.dW, second.db = grads["W2"], grads["b2"]
 
     def gradient(self, x, t):
         """{param name: gradient} of ``loss(x, t)`` by backpropagation, as new arrays.
