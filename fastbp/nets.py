@@ -20,6 +20,7 @@ import numpy as np
 from fastbp import checks
 from fastbp.fused import TwoLayerStep
 from fastbp.gradcheck import numerical_gradient
+from fastbp.kernels.labels import argmax_matches
 from fastbp.layers import Affine, BatchNormalization, Dropout, Relu, Sigmoid, SoftmaxWithLoss
 
 ACTIVATIONS = {"relu": Relu, "sigmoid": Sigmoid}
@@ -126,11 +127,7 @@ class LayerNet(Net):
         """Fraction of the batch whose highest score is the label (t one-hot or indices,
         validated like ``loss`` validates them)."""
         scores = self.predict(x)
-        t = checks.labels(t, *scores.shape, scores.dtype)
-        y = np.argmax(scores, axis=1)
-        if t.ndim != 1:
-            t = np.argmax(t, axis=1)
-        return np.sum(y == t) / float(scores.shape[0])
+        return _correct(scores, t) / float(scores.shape[0])
 
     def gradient(self, x, t):
         """{param name: gradient} of ``loss(x, t)`` by backpropagation."""
@@ -385,12 +382,12 @@ class MultiLayerNetExtend(Net):
 
 
 def _correct(scores, t):
-    """How many rows of scores[N, C] have their argmax at the label (one-hot or indices,
-    validated)."""
-    t = checks.labels(t, *scores.shape, scores.dtype)
-    if t.ndim != 1:
-        t = np.argmax(t, axis=1)
-    return int(np.sum(np.argmax(scores, axis=1) == t))
+    """How many rows of scores[N, C] (a net's float output) have their argmax at the
+    label (one-hot or indices, validated), as an np.intp like the book's ``np.sum``."""
+    scores = checks.c_array(checks.float_array("scores", scores, ndim=2), None)
+    classes = np.empty(scores.shape[0], np.intp)
+    t = checks.labels(t, *scores.shape, scores.dtype, classes)
+    return np.intp(argmax_matches(scores, classes if t.ndim == 2 else t))
 
 
 CONVNETS = ("DeepConvNet", "SimpleConvNet")

@@ -7,6 +7,7 @@ one pass and allocate nothing. Each returns -1 when all is well, else the positi
 the first bad label (or row), for the error message.
 """
 
+import numpy as np
 from numba import njit
 
 
@@ -51,3 +52,20 @@ def first_bad_onehot_row_classes(t, classes):
             return i
         classes[i] = at
     return -1
+
+
+@njit(cache=True, nogil=True)
+def argmax_matches(scores, classes):
+    """Rows i of scores[N, C] whose ``np.argmax`` (the first largest entry, or the first
+    NaN) is classes[i]."""
+    count = 0
+    for i in range(scores.shape[0]):
+        best, top = 0, scores[i, 0]
+        for j in range(1, scores.shape[1]):
+            if np.isnan(top):
+                break
+            v = scores[i, j]
+            if v > top or np.isnan(v):
+                best, top = j, v
+        count += best == classes[i]
+    return count

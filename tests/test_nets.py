@@ -5,6 +5,7 @@ import pytest
 
 from fastbp import reference
 from fastbp.gradcheck import gradient_check
+from fastbp.kernels.labels import argmax_matches
 from fastbp.layers import Affine, Relu, Sigmoid, SoftmaxWithLoss
 from fastbp.nets import MultiLayerNet, TwoLayerNet
 
@@ -173,3 +174,25 @@ def test_bad_arguments_raise(kwargs, error, match):
 def test_two_layer_net_rejects_bad_sizes():
     with pytest.raises(ValueError, match="positive integers"):
         TwoLayerNet(784, 50.5, 10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("n", "c"), [(1, 1), (1, 10), (7, 3), (2000, 10)])
+def test_argmax_matches_counts_as_np_argmax(dtype, n, c):
+    rng = np.random.default_rng(n * c)
+    scores = rng.integers(0, 3, (n, c)).astype(dtype)  # many ties: the first one counts
+    scores[rng.random((n, c)) < 0.05] = np.nan  # the first NaN counts, as in np.argmax
+    scores[rng.random((n, c)) < 0.05] = -np.inf
+    classes = rng.integers(0, c, n)
+    expected = np.sum(scores.argmax(axis=1) == classes)
+    assert argmax_matches(scores, classes) == expected
+    assert argmax_matches(scores, scores.argmax(axis=1)) == n
+
+
+def test_accuracy_is_the_books_value_and_type():
+    net = TwoLayerNet(12, 9, 5, weight_init_std=1.0, rng=0)
+    x, t, _ = batch(n=50)
+    accuracy = net.accuracy(x, t)
+    expected = np.sum(net.predict(x).argmax(axis=1) == t) / float(x.shape[0])
+    assert accuracy == expected
+    assert type(accuracy) is type(expected)
