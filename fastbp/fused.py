@@ -23,6 +23,7 @@ to rounding.
 """
 
 import math
+import operator
 import threading
 
 import numpy as np
@@ -80,17 +81,18 @@ def _grad_buffers(grads, params, label, disjoint=()):
     """The four gradient arrays read once from ``grads`` (called ``label`` in errors),
     checked against the params.
 
-    ``disjoint``: arrays already found not to share memory with these same params (the
-    objects checked by an earlier call: an ndarray's memory never moves), for which the
-    overlap check is skipped."""
+    ``disjoint``: the four arrays an earlier call found not to share memory with these
+    same params (an ndarray's memory never moves); an array that is the one in its
+    place there skips the overlap check."""
     out = []
-    for name, p in zip(PARAM_NAMES, params, strict=True):
+    for i, (name, p) in enumerate(zip(PARAM_NAMES, params, strict=True)):
         g = grads[name]
         if not (isinstance(g, np.ndarray) and g.dtype == p.dtype and g.shape == p.shape):
             raise ValueError(f"{label}[{name!r}] must be a {p.dtype} array of shape {p.shape}")
-        if not (g.flags.c_contiguous and g.flags.writeable and g.dtype.isnative):
+        flags = g.flags
+        if not (flags.c_contiguous and flags.writeable and g.dtype.isnative):
             raise ValueError(f"{label}[{name!r}] must be writeable and C-contiguous")
-        known = any(g is d for d in disjoint)
+        known = i < len(disjoint) and g is disjoint[i]
         if not known and any(np.may_share_memory(g, q) for q in params):
             raise ValueError(f"{label}[{name!r}] must not share memory with a parameter")
         out.append(g)
@@ -217,7 +219,7 @@ class TwoLayerStep:
                 self._grads = self._new_grads(params)
             grads = self._grads
         held_arrays, held_grads = self._disjoint
-        same = bool(held_arrays) and all(a is b for a, b in zip(arrays, held_arrays, strict=True))
+        same = bool(held_arrays) and all(map(operator.is_, arrays, held_arrays))
         g = _grad_buffers(grads, params, label, disjoint=held_grads if same else ())
         self._disjoint = (arrays, tuple(g))
         return g
