@@ -38,6 +38,7 @@ def test_the_docs_have_their_generated_tables():
 def test_every_table_renders_from_the_committed_json():
     files = (
         ("docs/bench.json", set(report.TABLES) - {"setup", "crossover", "density"}),
+        ("docs/bench-peers-native.json", {"peers", "peers_gradient"}),
         ("docs/setup.json", {"setup"}),
         ("kernels/crossover.json", {"crossover", "density"}),
     )
