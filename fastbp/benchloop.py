@@ -74,30 +74,34 @@ def child(variant, rounds, block):
 
 
 def bench(processes, rounds, block):
-    """``processes`` processes per variant (the order rotating); a row per variant with
-    the medians over its processes of their medians, per_iteration = iteration +
-    accuracy / iterations per epoch, and book / variant ratios."""
+    """``processes`` rounds of one process per variant (the order rotating); a row per
+    variant with the medians over its processes of their medians, per_iteration =
+    iteration + accuracy / iterations per epoch, and book / variant ratios: the median
+    over the rounds of each round's ratio, so that a slower spell of the machine, which
+    lasts tens of seconds on this VM, weighs on both sides of a ratio alike."""
     runs = {variant: [] for variant in VARIANTS}
     for round_number in range(processes):
         shift = round_number % len(VARIANTS)
         for variant in VARIANTS[shift:] + VARIANTS[:shift]:
             runs[variant].append(_run_child(variant, rounds, block))
     per_epoch = bookloop.iterations_per_epoch()
+    for found in runs.values():
+        for run in found:
+            run["per_iteration"] = run["iteration"] + run["accuracy"] / per_epoch
     rows = []
     for variant, found in runs.items():
         row = {"section": "userloop", "case": variant, "dtype": "x:f32 W:f64"}
         row.update({name: statistics.median(r[name] for r in found) for name in MEASURES})
         row["per_iteration"] = row["iteration"] + row["accuracy"] / per_epoch
-        each = [r["iteration"] + r["accuracy"] / per_epoch for r in found]
+        each = [r["per_iteration"] for r in found]
         row["per_iteration_range"] = [min(each), max(each)]  # over the processes
         row.update(processes=len(found), iterations=rounds * block, accuracies=rounds)
         row["iterations_per_epoch"] = per_epoch
+        for name in (*MEASURES, "per_iteration"):
+            ratios = (b[name] / r[name] for b, r in zip(runs["book"], found, strict=True))
+            key = "speedup" if name == "per_iteration" else f"{name}_speedup"
+            row[key] = statistics.median(ratios)
         rows.append(row)
-    book = rows[0]
-    for row in rows:
-        for name in MEASURES:
-            row[f"{name}_speedup"] = book[name] / row[name]
-        row["speedup"] = book["per_iteration"] / row["per_iteration"]
     return rows
 
 

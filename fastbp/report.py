@@ -134,7 +134,8 @@ def train_table(result, section="train"):
 
 def user_loop_table(result):
     """The book's ch05 loop: per-phase medians per variant (over its processes), the range
-    of per-iteration times over the processes, and book / variant."""
+    of per-iteration times over the processes, and book / variant (the median over the
+    rounds of the round's ratio)."""
     rows = rows_of(result, "userloop")
     phases = result.get("settings", {}).get("user_loop_phases") or [
         "batch",

@@ -311,6 +311,22 @@ def test_user_loop_section_rows(tmp_path, capsys):
     assert "book / nets" in out and "after fastbp ran" in out
 
 
+def test_user_loop_ratios_are_the_median_of_each_rounds_ratio(monkeypatch):
+    """A slow spell of the machine that takes a round weighs on both sides of its ratio."""
+    spells = iter([1, 1, 1, 1, 3, 3, 3, 3, 1, 1, 1, 1])  # round 2 three times as slow
+
+    def run(variant, rounds, block):
+        cost = next(spells) * (2.0 if variant in ("book", "book-after") else 1.0)
+        return {name: cost for name in benchloop.MEASURES}
+
+    monkeypatch.setattr(benchloop, "_run_child", run)
+    rows = {row["case"]: row for row in benchloop.bench(3, 1, 1)}
+    assert rows["nets"]["speedup"] == rows["nets"]["gradient_speedup"] == 2.0
+    assert rows["book-after"]["speedup"] == 1.0
+    low, high = rows["nets"]["per_iteration_range"]
+    assert high == pytest.approx(3 * low)
+
+
 def test_user_loop_processes_load_numba_only_where_fastbp_runs():
     """A process of the book's classes never imports Numba; one that ran fastbp first has
     (``_run_child`` raises otherwise)."""
