@@ -148,14 +148,18 @@ def labels(t, n, c, float_dtype, classes=None):
     if t.ndim == 2:
         if t.shape != (n, c):
             raise ValueError(f"t: one-hot labels have shape {t.shape}, expected {(n, c)}")
-        if t.dtype.kind not in "biuf" or np.result_type(float_dtype, t.dtype) not in FLOAT_DTYPES:
+        # The common case (the logits' dtype) without np.result_type (~1 us on dtypes).
+        dtype = t.dtype if t.dtype == float_dtype else None
+        if dtype is None and t.dtype.kind in "biuf":
+            dtype = np.result_type(float_dtype, t.dtype)
+        if dtype is None or dtype not in FLOAT_DTYPES:
             raise TypeError(
                 f"t: one-hot labels must be bool, integer, float16, float32 or float64, "
                 f"got dtype {t.dtype}"
             )
         # Converted first (0 and 1 are exact in any float; other values stay other values),
         # so the check runs on float32/float64 only.
-        t = np.ascontiguousarray(t, dtype=np.result_type(float_dtype, t.dtype))
+        t = np.ascontiguousarray(t, dtype=dtype)
         if classes is None:
             bad = first_bad_onehot_row(t)
         else:

@@ -164,11 +164,11 @@ class TwoLayerStep:
             self._views = (key, views)
         return self._views[1]
 
-    def _run(self, x, t, lr, update, grads, label="grads", backward=True, copies=False):
-        """The kernel call of every public method; returns (the loss, or with ``copies``
-        (loss, hidden, probs, labels): copies of the step's forward state taken under the
-        lock, as another thread's call may overwrite the buffers right after, and the
-        checked labels; the gradient arrays written, empty without ``backward``). ``grads``:
+    def _run(self, x, t, lr, update, grads, label="grads", backward=True, fresh=False):
+        """The kernel call of every public method; returns (the loss, or with ``fresh``
+        (loss, hidden, probs, labels): the forward state in new arrays of this call's own,
+        which another thread's call cannot overwrite, and the checked labels; the gradient
+        arrays written, empty without ``backward``). ``grads``:
         None (this object's buffers), "new" (new arrays) or a dict of four arrays to write
         the gradients into."""
         x = checks.batch("x", x, min_ndim=2)
@@ -198,6 +198,8 @@ class TwoLayerStep:
                 max_nnz = n * k
             cast = x.dtype != dtype
             xw, nz, z1, y, dy, dz1, *parts = self._buffers(n, k, h, c, dtype, blocks, cast, max_nnz)
+            if fresh:  # this call's own arrays, which no later call writes: nothing to copy
+                z1, y = np.empty_like(z1), np.empty_like(y)
             loss, used_sparse = build(
                 x, xw if cast else x, cast, t, W1, b1, W2, b2, dtype.type(lr), update, max_nnz,
                 nz, z1, y, dy, dz1, *g, *parts, own, backward,
@@ -205,7 +207,7 @@ class TwoLayerStep:
             self.loss = dtype.type(loss)
             self.hidden, self.probs = z1, y
             self._used_sparse = bool(used_sparse)
-            result = (self.loss, z1.copy(), y.copy(), labels) if copies else self.loss
+            result = (self.loss, z1, y, labels) if fresh else self.loss
             return result, dict(zip(PARAM_NAMES, g, strict=True)) if backward else None
 
     def _grad_arrays(self, grads, arrays, params, label):
@@ -237,22 +239,22 @@ class TwoLayerStep:
         every call) and the next call overwrites them; ``reuse=False`` returns new arrays.
         ``out``: a dict of four writeable C-contiguous arrays of the params' shapes and
         dtype to write the gradients into instead (e.g. views into one flat buffer).
-        ``forward``: return (gradients, (loss, hidden, probs, labels)): copies of this
-        call's forward state (safe when other threads share the step) and the labels as
-        checked (``fastbp.checks.labels``).
+        ``forward``: return (gradients, (loss, hidden, probs, labels)): this call's
+        forward state in new arrays (safe when other threads share the step) and the
+        labels as checked (``fastbp.checks.labels``).
         """
         label = "grads" if out is None else "out"
         grads = None if reuse else "new"
         if out is not None:
             grads = {name: out[name] for name in PARAM_NAMES}
-        state, grads = self._run(x, t, 0.0, False, grads, label, copies=forward)
+        state, grads = self._run(x, t, 0.0, False, grads, label, fresh=forward)
         return (grads, state) if forward else grads
 
     def loss_of(self, x, t, forward=False):
         """The loss of batch (x, t) alone: the forward pass (``hidden``, ``probs`` as after
         ``gradient``), no gradient is computed and ``grads`` are left as they were.
         ``forward``: return (loss, hidden, probs, labels), as in ``gradient``."""
-        return self._run(x, t, 0.0, False, None, backward=False, copies=forward)[0]
+        return self._run(x, t, 0.0, False, None, backward=False, fresh=forward)[0]
 
     def sgd_step(self, x, t, lr):
         """One SGD step on batch (x, t): every param -= lr * its gradient, in place.
