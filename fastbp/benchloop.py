@@ -97,12 +97,16 @@ def bench(processes, rounds, block):
         row["per_iteration_range"] = [min(each), max(each)]  # over the processes
         row.update(processes=len(found), iterations=rounds * block, accuracies=rounds)
         row["iterations_per_epoch"] = per_epoch
-        for name in (*MEASURES, "per_iteration"):
-            ratios = (b[name] / r[name] for b, r in zip(runs["book"], found, strict=True))
-            key = "speedup" if name == "per_iteration" else f"{name}_speedup"
-            row[key] = statistics.median(ratios)
+        pairs = list(zip(runs["book"], found, strict=True))  # (book, variant) by round
+        row.update({f"{name}_speedup": _median_ratio(pairs, name) for name in MEASURES})
+        row["speedup"] = _median_ratio(pairs, "per_iteration")
         rows.append(row)
     return rows
+
+
+def _median_ratio(pairs, name):
+    """The median over (book run, variant run) pairs of book[name] / variant[name]."""
+    return statistics.median(book[name] / run[name] for book, run in pairs)
 
 
 def _run_child(variant, rounds, block):
