@@ -14,7 +14,8 @@ Sections (``--section``, default userloop,kernels,layers,train; they run in this
 - peers: the train step and the user loop's gradient in PyTorch (eager, torch.compile) and
   JAX (jit), when they are installed (they are not dependencies);
 - crossover: serial vs parallel build of every kernel over sizes, next to CROSSOVER, and
-  the sparse first layer vs the BLAS over densities of x, next to SPARSE_DENSITY;
+  the sparse first layer vs the BLAS over densities of x (a table: the kernels choose
+  by timing both at the user's shapes, ``dispatch.sparse_gate``);
 - distributed: data-parallel training over MPI ranks (needs the [mpi] extra);
 - setup: the README's set-up commands in a new venv, timed (``fastbp.benchsetup``; not
   part of ``all``).
@@ -445,7 +446,7 @@ def numba_threads(count):
 
 def density_rows(settings, name_filter):
     """For each kernel with a sparse first layer, dtype and thread mode (one Numba thread,
-    all of them): the sparse / dense ladder over densities (``dispatch.densities`` reads
+    all of them): the sparse / dense ladder over densities (``report.densities`` reads
     these rows)."""
     rows = []
     for name in benchcases.SPARSE_KERNELS:

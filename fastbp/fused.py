@@ -17,9 +17,9 @@ Every call reads the params, the gradient buffers and ``sparse`` afresh and chec
 safe. One step object may be shared by threads: calls take turns (a lock).
 
 Sparse batches (MNIST images are about 80% zeros) can take a first layer that only touches
-the W1 rows at nonzero pixels; ``sparse="auto"`` chooses it per batch from the nonzero
-count against the measured ``dispatch.sparse_density`` and gives the dense path's results
-to rounding.
+the W1 rows at nonzero pixels; with ``sparse="auto"`` the first call of each shape in a
+process times it against the BLAS and the shape keeps the faster
+(``dispatch.choose_sparse``); it gives the dense path's results to rounding.
 """
 
 import math
@@ -31,7 +31,7 @@ import numpy as np
 from fastbp import checks
 from fastbp.kernels import nonzeros
 from fastbp.kernels.blas import plan
-from fastbp.kernels.dispatch import sparse_density
+from fastbp.kernels.dispatch import choose_sparse, sparse_density
 from fastbp.kernels.two_layer_step import two_layer_step
 
 PARAM_NAMES = ("W1", "b1", "W2", "b2")
@@ -77,6 +77,11 @@ def _sparse(sparse):
     return sparse if isinstance(sparse, str) else bool(sparse)
 
 
+def _max_nnz(density, size):
+    """The kernel's cap on nonzeros for a density of x's ``size`` entries (-1: dense)."""
+    return int(density * size) if density >= 0 else -1
+
+
 def _grad_buffers(grads, params, label, disjoint=()):
     """The four gradient arrays read once from ``grads`` (called ``label`` in errors),
     checked against the params.
@@ -102,8 +107,9 @@ def _grad_buffers(grads, params, label, disjoint=()):
 class TwoLayerStep:
     """Fused gradient / SGD step for params W1[K, H], b1[H], W2[H, C], b2[C].
 
-    ``sparse``: "auto" (pick per batch by density), True (always the sparse first layer)
-    or False (always dense BLAS). Use ``from_params(net.params)`` for a book-style net.
+    ``sparse``: "auto" (whichever was timed faster at this shape), True (always the
+    sparse first layer) or False (always dense BLAS). Use ``from_params(net.params)``
+    for a book-style net.
     After a call: ``loss``, ``hidden`` (the ReLU output z1[N, H]) and ``probs`` (the
     softmax output y[N, C]) describe that batch, until the next call overwrites them.
     """
@@ -192,18 +198,30 @@ class TwoLayerStep:
             # Without backward the kernel touches no gradient: empty arrays of their types.
             g = self._grad_arrays(grads, arrays, params, label) if backward else _NO_GRADS[dtype]
             build, blocks, own = plan(two_layer_step, x.size * h)
-            density = sparse_density("two_layer_step", dtype, own)
-            max_nnz = int(density * n * k) if sparse == "auto" else -1
-            if sparse is True:
-                max_nnz = n * k
             cast = x.dtype != dtype
-            xw, nz, z1, y, dy, dz1, *parts = self._buffers(n, k, h, c, dtype, blocks, cast, max_nnz)
-            if fresh:  # this call's own arrays, which no later call writes: nothing to copy
-                z1, y = np.empty_like(z1), np.empty_like(y)
-            loss, used_sparse = build(
-                x, xw if cast else x, cast, t, W1, b1, W2, b2, dtype.type(lr), update, max_nnz,
-                nz, z1, y, dy, dz1, *g, *parts, own, backward,
-            )  # fmt: skip
+            lr = dtype.type(lr)
+
+            def run(max_nnz, update):
+                xw, nz, z1, y, dy, dz1, *parts = self._buffers(
+                    n, k, h, c, dtype, blocks, cast, max_nnz
+                )
+                if fresh:  # this call's own arrays, which no later call writes: no copies
+                    z1, y = np.empty_like(z1), np.empty_like(y)
+                loss, used_sparse = build(
+                    x, xw if cast else x, cast, t, W1, b1, W2, b2, lr, update, max_nnz,
+                    nz, z1, y, dy, dz1, *g, *parts, own, backward,
+                )  # fmt: skip
+                return loss, used_sparse, z1, y
+
+            if sparse == "auto":  # as timed at this shape (``dispatch.choose_sparse``)
+                key = ("two_layer_step", x.dtype, dtype, blocks, n.bit_length(), k, h, backward)
+                density = sparse_density(key)
+                if density is None:
+                    density = choose_sparse(key, lambda d: run(_max_nnz(d, n * k), False)[1])
+                max_nnz = _max_nnz(density, n * k)
+            else:
+                max_nnz = n * k if sparse else -1
+            loss, used_sparse, z1, y = run(max_nnz, update)
             self.loss = dtype.type(loss)
             self.hidden, self.probs = z1, y
             self._used_sparse = bool(used_sparse)

@@ -208,15 +208,28 @@ def crossover_table(result):
     return headers, body
 
 
-def density_table(result):
-    """Per kernel, dtype and Numba threads: the density of x below which the sparse first
-    layer runs (``dispatch.densities`` of the rows) and its sparse / dense time ladder."""
+def densities(rows):
+    """{(kernel, dtype, own): density} from the bench's density rows (``fastbp bench
+    --section crossover``: the sparse first layer and the BLAS timed in turn over
+    fractions of nonzeros, per kernel, dtype and thread mode): ``measured_crossover``'s
+    density from which the BLAS wins, 1.0 where the sparse path won at every density.
+    ``own``: several Numba threads (blocks on the private BLAS)."""
     from fastbp.kernels import dispatch
 
+    out = {}
+    for row in rows:
+        found = dispatch.measured_crossover(row["ladder"], below="sparse", above="dense")
+        out[(row["kernel"], np.dtype(row["dtype"]), row["threads"] > 1)] = found or 1.0
+    return out
+
+
+def density_table(result):
+    """Per kernel, dtype and Numba threads: the density of x from which the BLAS wins
+    (``densities`` of the rows) and the sparse / dense time ladder."""
     rows = result.get("density", [])
     if not rows:
         return ["kernel"], []
-    measured = dispatch.densities(rows)
+    measured = densities(rows)
     headers = ["kernel", "dtype", "Numba threads", "sparse up to"]
     headers += [f"{p['size']:g}" for p in rows[0]["ladder"]]
     body = [

@@ -13,7 +13,7 @@ import numpy as np
 from numba import prange
 
 from fastbp.kernels.blas import block_of, columns_in_dtype, gemm, plan, rows_in_dtype, sum_blocks
-from fastbp.kernels.dispatch import sparse_density, twin
+from fastbp.kernels.dispatch import choose_sparse, sparse_density, twin
 from fastbp.kernels.nonzeros import (
     buffer_size,
     by_columns,
@@ -40,9 +40,11 @@ def affine_forward(out, x, W, b, xw, density, cols, own):
     full-size copy of x). A chunk whose rows have at most a fraction ``density`` of
     nonzeros (negative: never counted) takes the sparse rows, recording each row's
     nonzeros into its block's cols[p] (int64, K each); the others, the BLAS. ``own``:
-    each block on the private single-threaded BLAS (``blas.plan``)."""
+    each block on the private single-threaded BLAS (``blas.plan``). Returns the number of
+    sparse chunks."""
     n, k = x.shape
     blocks = cols.shape[0]
+    sparse_chunks = 0
     for p in prange(blocks):
         lo, hi = block_of(p, blocks, n)
         for s0 in range(lo, hi, CHUNK_ROWS):
@@ -53,6 +55,7 @@ def affine_forward(out, x, W, b, xw, density, cols, own):
                     break
                 nonzeros += count_nonzeros(x[i])
             if density >= 0 and nonzeros <= limit:
+                sparse_chunks += 1
                 for i in range(s0, s1):
                     end = record_nonzeros(x[i], cols[p], 0, cols.shape[1])
                     combine_rows(W, x[i], cols[p], 0, end, out[i])
@@ -62,6 +65,7 @@ def affine_forward(out, x, W, b, xw, density, cols, own):
             for i in range(s0, s1):
                 for j in range(out.shape[1]):
                     out[i, j] += b[j]
+    return sparse_chunks
 
 
 @twin
@@ -74,7 +78,7 @@ def affine_backward(dout, x, xw, W, dx, dW, db, need_dx, max_nnz, nz, dbp, own):
     never, and they are not counted), dW comes from them (``nonzeros.by_columns``),
     recorded in nz (int64, ``nonzeros.split`` with cap = max_nnz). Else dW is a GEMM
     on x in W's dtype: x itself (xw None), or xw, a buffer of x's shape that each block
-    fills with its columns of x."""
+    fills with its columns of x. Returns whether dW came from the nonzeros."""
     n, m = dout.shape
     k = x.shape[1]
     blocks = dbp.shape[0]
@@ -101,32 +105,43 @@ def affine_backward(dout, x, xw, W, dx, dW, db, need_dx, max_nnz, nz, dbp, own):
             offsets, cursor = column_block(colptr, rows, n, blocks, p, k0, k1)
             by_columns(x, dout, dW, rowptr, ends, cols, offsets, rows, cursor, k0, k1, False)
     sum_blocks(dbp, db)
+    return sparse
 
 
 def forward(out, x, W, b, density=None):
     """``affine_forward`` on the blocks ``blas.plan`` picks: x[N, K] (float32 or W's
     dtype, C-contiguous), W[K, M], b[M], out[N, M] in W's dtype; sparse chunks up to
-    ``density`` (None: the measured ``dispatch.sparse_density``; negative: never)."""
+    ``density`` (None: as timed at this shape, ``dispatch.choose_sparse``; negative:
+    never)."""
     build, blocks, own = plan(affine_forward, out.size * x.shape[1])
-    if density is None:
-        density = sparse_density("affine_forward", W.dtype, own)
-    k = x.shape[1]
+    (n, k), m = x.shape, out.shape[1]
     xw = np.empty((blocks * CHUNK_ROWS, k), W.dtype) if x.dtype != W.dtype else None
     cols = np.empty((blocks, k), np.int64)
+    if density is None:
+        key = ("affine_forward", x.dtype, W.dtype, blocks, n.bit_length(), k, m)
+        density = sparse_density(key)
+        if density is None:
+            density = choose_sparse(key, lambda d: build(out, x, W, b, xw, d, cols, own) > 0)
     build(out, x, W, b, xw, density, cols, own)
 
 
 def backward(dout, x, W, dx, dW, db, need_dx, density=None):
     """``affine_backward`` on the blocks ``blas.plan`` picks: x[N, K] float32 or W's
     dtype (cast here only for a dense dW), the other arrays in W's dtype; dW from x's
-    nonzeros up to ``density`` (None: the measured ``dispatch.sparse_density``; negative:
-    never)."""
+    nonzeros up to ``density`` (None: as in ``forward``; negative: never)."""
     build, blocks, own = plan(affine_backward, dout.size * x.shape[1])
-    if density is None:
-        density = sparse_density("affine_backward", W.dtype, own)
-    n, k = x.shape
-    max_nnz = int(density * x.size) if density >= 0 else -1
-    nz = np.empty(buffer_size(n, k, blocks, max(max_nnz, 0)), np.int64)
+    (n, k), m = x.shape, dout.shape[1]
     xw = np.empty(x.shape, W.dtype) if x.dtype != W.dtype else None  # for a dense dW
     dbp = np.empty((blocks, db.size), db.dtype)
-    build(dout, x, xw, W, dx, dW, db, need_dx, max_nnz, nz, dbp, own)
+
+    def run(density):
+        max_nnz = int(density * x.size) if density >= 0 else -1
+        nz = np.empty(buffer_size(n, k, blocks, max(max_nnz, 0)), np.int64)
+        return build(dout, x, xw, W, dx, dW, db, need_dx, max_nnz, nz, dbp, own)
+
+    if density is None:
+        key = ("affine_backward", x.dtype, W.dtype, blocks, n.bit_length(), k, m, need_dx)
+        density = sparse_density(key)
+        if density is None:
+            density = choose_sparse(key, run)
+    run(density)

@@ -22,6 +22,8 @@ import contextvars
 import json
 import math
 import os
+import threading
+import time
 import types
 from pathlib import Path
 
@@ -85,29 +87,54 @@ with open(CROSSOVER_FILE) as _file:
 CROSSOVER = crossovers(_measured["crossover"])
 
 
-def densities(rows):
-    """{(kernel, dtype, own): density} from the bench's density rows (``fastbp bench
-    --section crossover``: the sparse first layer and the BLAS timed in turn over
-    fractions of nonzeros, per kernel, dtype and thread mode): ``measured_crossover``'s
-    density from which the BLAS wins, 1.0 where the sparse path won at every density.
-    ``own``: the blocks on the private single-threaded BLAS (several Numba threads),
-    else one block on NumPy's threaded BLAS (one Numba thread: ``blas.plan``)."""
-    out = {}
-    for row in rows:
-        found = measured_crossover(row["ladder"], below="sparse", above="dense")
-        out[(row["kernel"], np.dtype(row["dtype"]), row["threads"] > 1)] = found or 1.0
-    return out
+# -- the sparse first layer or the BLAS: timed at the user's shapes ----------------------
+#
+# The fused step and the Affine layer can take a sparse first layer (the W rows at x's
+# nonzeros summed) instead of the BLAS. Which wins depends on the machine (its vector
+# width), the dtypes and the shapes: of two 2-core VMs, on the AVX-512 one the sparse layer
+# won up to 20-50% nonzeros at 784-50; on the AVX2 one it lost at 5% in float32 and won
+# only at 784-1024. So no table decides: the first call of each call shape in a process
+# runs the kernel both ways SPARSE_TRIALS times, in turn, before its own run, and the
+# shape keeps the sparse layer if its median time is at most SPARSE_MARGIN of the BLAS's.
+# Every later call of the shape runs the same way, so the same inputs give the same bits;
+# the margin keeps a near tie on the BLAS, so that processes rarely choose apart.
+# A batch denser than SPARSE_GATE never takes the sparse layer (its nonzeros are counted
+# only that far), and a shape whose first batch is that dense keeps the BLAS.
+SPARSE_GATE = 0.5
+SPARSE_TRIALS = 3
+SPARSE_MARGIN = 0.85
+_sparse_choices = {}  # call shape -> SPARSE_GATE (sparse) or -1.0 (the BLAS)
+_sparse_lock = threading.Lock()
 
 
-# Fraction of nonzeros in x up to which the sparse first layer (the fused train step,
-# Affine forward and backward) is taken: SPARSE_DENSITY[(kernel, weights' dtype, own)].
-SPARSE_DENSITY = densities(_measured.get("density", []))
+def sparse_density(key):
+    """The fraction of nonzeros up to which calls of shape ``key`` (a tuple naming the
+    kernel, dtypes, blocks and sizes) take the sparse first layer (-1.0: never), or None
+    before ``choose_sparse`` has timed the shape."""
+    return _sparse_choices.get(key)
 
 
-def sparse_density(kernel, dtype, own):
-    """SPARSE_DENSITY of ``kernel`` for weights of ``dtype`` on blocks with private
-    BLAS (``own``) or not; 0 (never sparse) where it was not measured."""
-    return SPARSE_DENSITY.get((kernel, np.dtype(dtype), own), 0.0)
+def choose_sparse(key, trial):
+    """``sparse_density(key)``, timed first if needed: ``trial(density)`` runs the
+    kernel once on this call's inputs with that density (its outputs are overwritten by the
+    call's own run after) and returns whether it took the sparse layer."""
+    with _sparse_lock:
+        if key not in _sparse_choices:
+            _sparse_choices[key] = SPARSE_GATE if _sparse_wins(trial) else -1.0
+        return _sparse_choices[key]
+
+
+def _sparse_wins(trial):
+    if not trial(SPARSE_GATE):  # also the untimed first run: compilation, caches
+        return False
+    times = {SPARSE_GATE: [], -1.0: []}
+    for _ in range(SPARSE_TRIALS):
+        for density, samples in times.items():
+            start = time.perf_counter()
+            trial(density)
+            samples.append(time.perf_counter() - start)
+    sparse, dense = (float(np.median(samples)) for samples in times.values())
+    return sparse <= SPARSE_MARGIN * dense
 
 
 # Bit-exact float flags: no nnan/ninf (they fold isnan to False) and no reciprocal tricks.

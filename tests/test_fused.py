@@ -4,13 +4,15 @@ Every combination runs on both builds (serial and parallel) and both first layer
 BLAS and sparse), with batches that have all-zero rows and all-zero columns.
 """
 
+import time
+
 import numpy as np
 import pytest
 from helpers import assert_close, assert_loss_close, normal, rtol_for
 
 from fastbp import checks, reference
 from fastbp.fused import TwoLayerStep
-from fastbp.kernels import force_path
+from fastbp.kernels import dispatch, force_path
 from fastbp.nets import LayerNet, TwoLayerNet
 from fastbp.optimizers import SGD
 from fastbp.train import gradient_step
@@ -126,21 +128,64 @@ def test_sgd_step_loss_is_before_the_update(rng):
     assert book_gradient(params, x, t)[0] < expected  # the step went downhill
 
 
-def test_auto_picks_the_first_layer_by_density(rng):
+def test_auto_times_the_first_call_of_a_shape_then_keeps_its_choice(rng, monkeypatch):
+    """``sparse="auto"``: the first call of a shape times both first layers; every call
+    after takes the chosen one (the same bits each time), equal to the dense path's
+    results to rounding."""
+    monkeypatch.setattr(dispatch, "_sparse_choices", {})
     n, k, h, c = SHAPES[1]
     params = make_params(rng, k, h, c, np.float64)
-    step = TwoLayerStep.from_params(params)
-    t = labels(rng, n, c, False)
-    step.gradient(sparse_batch(rng, n, k, np.float64, density=0.05), t)
-    assert step.used_sparse
-    step.gradient(rng.random((n, k)), t)
+    step, dense = (TwoLayerStep.from_params(params, sparse=s) for s in ("auto", False))
+    x, t = sparse_batch(rng, n, k, np.float64, density=0.05), labels(rng, n, c, False)
+    first = {name: g.copy() for name, g in step.gradient(x, t).items()}
+    (density,) = dispatch._sparse_choices.values()
+    assert density in (dispatch.SPARSE_GATE, -1.0)
+    for _ in range(3):
+        grads = step.gradient(x, t)
+        assert step.used_sparse == (density > 0)
+        for name, g in grads.items():
+            np.testing.assert_array_equal(g, first[name], strict=True)
+    assert_close(first["W1"], dense.gradient(x, t)["W1"], 1e-12)
+    assert len(dispatch._sparse_choices) == 1
+
+
+def test_auto_keeps_the_blas_where_the_first_batch_is_too_dense(rng, monkeypatch):
+    monkeypatch.setattr(dispatch, "_sparse_choices", {})
+    n, k, h, c = SHAPES[1]
+    step = TwoLayerStep.from_params(make_params(rng, k, h, c, np.float64))
+    x, t = rng.random((n, k)), labels(rng, n, c, False)
+    step.gradient(x, t)
     assert not step.used_sparse
+    assert list(dispatch._sparse_choices.values()) == [-1.0]
+    step.gradient(sparse_batch(rng, n, k, np.float64, density=0.05), t)
+    assert not step.used_sparse
+
+
+@pytest.mark.parametrize(
+    ("sparse_time", "dense_time", "wins"), [(0.002, 0.006, True), (0.006, 0.002, False)]
+)
+def test_the_sparse_layer_is_kept_only_where_it_was_faster(
+    monkeypatch, sparse_time, dense_time, wins
+):
+    monkeypatch.setattr(dispatch, "_sparse_choices", {})
+    calls = []
+
+    def trial(density):
+        calls.append(density)
+        time.sleep(sparse_time if density >= 0 else dense_time)
+        return density >= 0
+
+    expected = dispatch.SPARSE_GATE if wins else -1.0
+    assert dispatch.choose_sparse("shape", trial) == expected
+    assert len(calls) == 1 + 2 * dispatch.SPARSE_TRIALS
+    assert dispatch.choose_sparse("shape", trial) == dispatch.sparse_density("shape") == expected
+    assert len(calls) == 1 + 2 * dispatch.SPARSE_TRIALS  # timed once
 
 
 def test_buffers_are_reused(rng):
     n, k, h, c = SHAPES[1]
     params = make_params(rng, k, h, c, np.float64)
-    step = TwoLayerStep.from_params(params)
+    step = TwoLayerStep.from_params(params, sparse=True)
     x = sparse_batch(rng, n, k, np.float32)
     t = labels(rng, n, c, False)
     first = step.gradient(x, t)
