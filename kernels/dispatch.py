@@ -101,7 +101,7 @@ CROSSOVER = crossovers(_measured["crossover"])
 # A batch denser than SPARSE_GATE never takes the sparse layer (its nonzeros are counted
 # only that far), and a shape whose first batch is that dense keeps the BLAS.
 SPARSE_GATE = 0.5
-SPARSE_TRIALS = 3
+SPARSE_TRIALS = 5
 SPARSE_MARGIN = 0.85
 _sparse_choices = {}  # call shape -> SPARSE_GATE (sparse) or -1.0 (the BLAS)
 _sparse_lock = threading.Lock()
@@ -144,12 +144,15 @@ _forced = contextvars.ContextVar("fastbp_forced_path", default=None)
 _forked_child = False
 
 
-def _mark_forked_child():
-    global _forked_child
+def _after_fork_in_child():
+    """A forked child runs serial kernels only, and gets a lock of its own for the sparse
+    choices (another thread may have held the parent's at the fork)."""
+    global _forked_child, _sparse_lock
     _forked_child = True
+    _sparse_lock = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_mark_forked_child)
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @contextlib.contextmanager

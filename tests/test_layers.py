@@ -191,6 +191,32 @@ def test_affine_sees_in_place_updates_of_its_params(rng, w_layout):
     np.testing.assert_allclose(change, expected, rtol=0, atol=1e-14)
 
 
+@pytest.mark.parametrize("dtypes", [(F32, F64), (F64, F64), (F32, F32)], ids=str)
+def test_affine_on_a_sparse_batch_keeps_one_first_layer(rng, monkeypatch, dtypes):
+    """Mostly-zero images: the first forward and backward of the shape time the sparse
+    layer against the BLAS; every later call gives the same bits, the book's to rounding."""
+    from fastbp.kernels import dispatch
+
+    monkeypatch.setattr(dispatch, "_sparse_choices", {})
+    x, W, b, dout = affine_data(rng, (300, 1, 28, 28), *dtypes, dtypes[1])
+    x *= rng.random(x.shape) < 0.2
+    layer, book_layer = fast.Affine(W, b), book.Affine(W, b)
+    out, dx = layer.forward(x), layer.backward(dout)
+    dW = layer.dW.copy()
+    assert sorted(key[0] for key in dispatch._sparse_choices) == [
+        "affine_backward",
+        "affine_forward",
+    ]
+    rtol = rtol_for(np.result_type(*dtypes))
+    assert_same_array(out, book_layer.forward(x), rtol)
+    assert_same_array(dx, book_layer.backward(dout), rtol)
+    assert_same_array(dW, book_layer.dW, rtol)
+    for _ in range(2):
+        np.testing.assert_array_equal(layer.forward(x), out, strict=True)
+        np.testing.assert_array_equal(layer.backward(dout), dx, strict=True)
+        np.testing.assert_array_equal(layer.dW, dW, strict=True)
+
+
 # -- SoftmaxWithLoss -------------------------------------------------------------------------
 
 LABELS = [np.dtype(d).name for d in INDEX_DTYPES] + [
