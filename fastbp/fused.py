@@ -31,7 +31,7 @@ import numpy as np
 from fastbp import checks
 from fastbp.kernels import nonzeros
 from fastbp.kernels.blas import plan
-from fastbp.kernels.dispatch import choose_sparse, sparse_density
+from fastbp.kernels.dispatch import TRIAL_ROWS, choose_sparse, sparse_density
 from fastbp.kernels.two_layer_step import two_layer_step
 
 PARAM_NAMES = ("W1", "b1", "W2", "b2")
@@ -75,11 +75,6 @@ def _sparse(sparse):
     if not any(sparse is choice or sparse == choice for choice in SPARSE_CHOICES):
         raise ValueError(f"sparse must be 'auto', True or False, got {sparse!r}")
     return sparse if isinstance(sparse, str) else bool(sparse)
-
-
-def _max_nnz(density, size):
-    """The kernel's cap on nonzeros for a density of x's ``size`` entries (-1: dense)."""
-    return int(density * size) if density >= 0 else -1
 
 
 def _grad_buffers(grads, params, label, disjoint=()):
@@ -201,15 +196,17 @@ class TwoLayerStep:
             cast = x.dtype != dtype
             lr = dtype.type(lr)
 
-            def run(max_nnz, update):
+            def run(density, update, rows=n):  # the kernel on the first ``rows`` rows
+                max_nnz = int(density * rows * k) if density >= 0 else -1
                 xw, nz, z1, y, dy, dz1, *parts = self._buffers(
-                    n, k, h, c, dtype, blocks, cast, max_nnz
+                    rows, k, h, c, dtype, blocks, cast, max_nnz
                 )
                 if fresh:  # this call's own arrays, which no later call writes: no copies
                     z1, y = np.empty_like(z1), np.empty_like(y)
+                xs = x[:rows]
                 loss, used_sparse = build(
-                    x, xw if cast else x, cast, t, W1, b1, W2, b2, lr, update, max_nnz,
-                    nz, z1, y, dy, dz1, *g, *parts, own, backward,
+                    xs, xw if cast else xs, cast, t[:rows], W1, b1, W2, b2, lr, update,
+                    max_nnz, nz, z1, y, dy, dz1, *g, *parts, own, backward,
                 )  # fmt: skip
                 return loss, used_sparse, z1, y
 
@@ -217,11 +214,11 @@ class TwoLayerStep:
                 key = ("two_layer_step", x.dtype, dtype, blocks, n.bit_length(), k, h, backward)
                 density = sparse_density(key)
                 if density is None:
-                    density = choose_sparse(key, lambda d: run(_max_nnz(d, n * k), False)[1])
-                max_nnz = _max_nnz(density, n * k)
+                    rows = min(n, TRIAL_ROWS)
+                    density = choose_sparse(key, lambda d: run(d, False, rows)[1])
             else:
-                max_nnz = n * k if sparse else -1
-            loss, used_sparse, z1, y = run(max_nnz, update)
+                density = 1.0 if sparse else -1.0
+            loss, used_sparse, z1, y = run(density, update)
             self.loss = dtype.type(loss)
             self.hidden, self.probs = z1, y
             self._used_sparse = bool(used_sparse)

@@ -13,7 +13,7 @@ import numpy as np
 from numba import prange
 
 from fastbp.kernels.blas import block_of, columns_in_dtype, gemm, plan, rows_in_dtype, sum_blocks
-from fastbp.kernels.dispatch import choose_sparse, sparse_density, twin
+from fastbp.kernels.dispatch import TRIAL_ROWS, choose_sparse, sparse_density, twin
 from fastbp.kernels.nonzeros import (
     buffer_size,
     by_columns,
@@ -121,7 +121,12 @@ def forward(out, x, W, b, density=None):
         key = ("affine_forward", x.dtype, W.dtype, blocks, n.bit_length(), k, m)
         density = sparse_density(key)
         if density is None:
-            density = choose_sparse(key, lambda d: build(out, x, W, b, xw, d, cols, own) > 0)
+            rows = min(n, TRIAL_ROWS)
+
+            def trial(density):
+                return build(out[:rows], x[:rows], W, b, xw, density, cols, own) > 0
+
+            density = choose_sparse(key, trial)
     build(out, x, W, b, xw, density, cols, own)
 
 
@@ -134,14 +139,15 @@ def backward(dout, x, W, dx, dW, db, need_dx, density=None):
     xw = np.empty(x.shape, W.dtype) if x.dtype != W.dtype else None  # for a dense dW
     dbp = np.empty((blocks, db.size), db.dtype)
 
-    def run(density):
-        max_nnz = int(density * x.size) if density >= 0 else -1
-        nz = np.empty(buffer_size(n, k, blocks, max(max_nnz, 0)), np.int64)
-        return build(dout, x, xw, W, dx, dW, db, need_dx, max_nnz, nz, dbp, own)
+    def run(density, rows=n):
+        max_nnz = int(density * rows * k) if density >= 0 else -1
+        nz = np.empty(buffer_size(rows, k, blocks, max(max_nnz, 0)), np.int64)
+        xs, ws = x[:rows], None if xw is None else xw[:rows]
+        return build(dout[:rows], xs, ws, W, dx[:rows], dW, db, need_dx, max_nnz, nz, dbp, own)
 
     if density is None:
         key = ("affine_backward", x.dtype, W.dtype, blocks, n.bit_length(), k, m, need_dx)
         density = sparse_density(key)
         if density is None:
-            density = choose_sparse(key, run)
+            density = choose_sparse(key, lambda d: run(d, min(n, TRIAL_ROWS)))
     run(density)

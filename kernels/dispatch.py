@@ -99,10 +99,13 @@ CROSSOVER = crossovers(_measured["crossover"])
 # Every later call of the shape runs the same way, so the same inputs give the same bits;
 # the margin keeps a near tie on the BLAS, so that processes rarely choose apart.
 # A batch denser than SPARSE_GATE never takes the sparse layer (its nonzeros are counted
-# only that far), and a shape whose first batch is that dense keeps the BLAS.
+# only that far), and a shape whose first batch is that dense keeps the BLAS. The trial
+# runs take the first TRIAL_ROWS rows of a larger batch (both ways' times grow with the
+# rows alike), so a first call on a whole data set costs a few of its runs, not eleven.
 SPARSE_GATE = 0.5
 SPARSE_TRIALS = 5
 SPARSE_MARGIN = 0.85
+TRIAL_ROWS = 512
 _sparse_choices = {}  # call shape -> SPARSE_GATE (sparse) or -1.0 (the BLAS)
 _sparse_lock = threading.Lock()
 
@@ -116,8 +119,9 @@ def sparse_density(key):
 
 def choose_sparse(key, trial):
     """``sparse_density(key)``, timed first if needed: ``trial(density)`` runs the
-    kernel once on this call's inputs with that density (its outputs are overwritten by the
-    call's own run after) and returns whether it took the sparse layer."""
+    kernel once with that density on this call's inputs, their first TRIAL_ROWS rows
+    (its outputs are overwritten by the call's own run after), and returns whether it
+    took the sparse layer."""
     with _sparse_lock:
         if key not in _sparse_choices:
             _sparse_choices[key] = SPARSE_GATE if _sparse_wins(trial) else -1.0

@@ -149,6 +149,21 @@ def test_auto_times_the_first_call_of_a_shape_then_keeps_its_choice(rng, monkeyp
     assert len(dispatch._sparse_choices) == 1
 
 
+@pytest.mark.parametrize("n", [13, 700])  # 700: the trial runs take the first 512 rows
+def test_auto_first_sgd_step_updates_the_params_once(rng, monkeypatch, n):
+    """The trial runs of the first call compute, never update: one sgd_step moves the
+    params by one step of the book's gradient."""
+    monkeypatch.setattr(dispatch, "_sparse_choices", {})
+    k, h, c = 784, 20, 10
+    params = make_params(rng, k, h, c, np.float64)
+    x, t = sparse_batch(rng, n, k, np.float32, density=0.15), labels(rng, n, c, True)
+    loss, grads = book_gradient(params, x, t)
+    expected = {name: p - 0.1 * grads[name] for name, p in params.items()}
+    assert_loss_close(TwoLayerStep.from_params(params).sgd_step(x, t, 0.1), loss, 1e-12)
+    for name, p in params.items():
+        assert_close(p, expected[name], 1e-12)
+
+
 def test_auto_keeps_the_blas_where_the_first_batch_is_too_dense(rng, monkeypatch):
     monkeypatch.setattr(dispatch, "_sparse_choices", {})
     n, k, h, c = SHAPES[1]
