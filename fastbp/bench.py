@@ -15,7 +15,7 @@ Sections (``--section``, default userloop,kernels,layers,train; they run in this
   JAX (jit), when they are installed (they are not dependencies);
 - crossover: serial vs parallel build of every kernel over sizes, next to CROSSOVER, and
   the sparse first layer vs the BLAS over densities of x (a table: the kernels choose
-  by timing both at the user's shapes, ``dispatch.sparse_gate``);
+  by timing both at the user's shapes, ``dispatch.choose_sparse``);
 - distributed: data-parallel training over MPI ranks (needs the [mpi] extra);
 - setup: the README's set-up commands in a new venv, timed (``fastbp.benchsetup``; not
   part of ``all``).
