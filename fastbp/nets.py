@@ -85,6 +85,18 @@ class Net:
             dout = layer.backward(dout)
 
 
+def _weight_decay(params, count, decay_lambda):
+    """0.5 * lambda * sum(W**2) summed over params W1..W{count}, as dot products (no
+    squared copy); 0.0 without decay (then not computed: any NaN or inf in a W already
+    makes the loss NaN through the forward pass)."""
+    total = 0.0
+    if decay_lambda:
+        for i in range(1, count + 1):
+            W = params[f"W{i}"].reshape(-1)
+            total += 0.5 * decay_lambda * np.dot(W, W)
+    return total
+
+
 class LayerNet(Net):
     """Affine layers with an activation between each pair, then SoftmaxWithLoss.
 
@@ -117,11 +129,7 @@ class LayerNet(Net):
     def loss(self, x, t):
         """Mean cross-entropy of the batch (plus weight decay); t one-hot or class indices."""
         loss = self.lastLayer.forward(self.predict(x), t)
-        if self.weight_decay_lambda:
-            for i in range(1, self.n_affine + 1):
-                W = self.params[f"W{i}"].reshape(-1)
-                loss += 0.5 * self.weight_decay_lambda * np.dot(W, W)
-        return loss
+        return loss + _weight_decay(self.params, self.n_affine, self.weight_decay_lambda)
 
     def accuracy(self, x, t):
         """Fraction of the batch whose highest score is the label (t one-hot or indices,
@@ -340,10 +348,7 @@ class MultiLayerNetExtend(Net):
     def loss(self, x, t, train_flg=False):
         """Cross-entropy of the batch plus 0.5 * lambda * sum(W**2) per weight matrix."""
         y = self.predict(x, train_flg)
-        decay = 0.0
-        for idx in range(1, self.hidden_layer_num + 2):
-            W = self.params[f"W{idx}"]
-            decay += 0.5 * self.weight_decay_lambda * np.sum(W**2)
+        decay = _weight_decay(self.params, self.hidden_layer_num + 1, self.weight_decay_lambda)
         return self.last_layer.forward(y, t) + decay
 
     def accuracy(self, x, t):

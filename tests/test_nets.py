@@ -147,6 +147,21 @@ def test_weight_decay_adds_the_l2_penalty():
     np.testing.assert_array_equal(gd["b1"], g["b1"])
 
 
+@pytest.mark.parametrize("extend", [False, True])
+@pytest.mark.parametrize("decay", [0, 0.3])
+def test_a_nan_weight_makes_the_loss_nan_with_or_without_decay(extend, decay):
+    """Without decay the penalty is not computed; a NaN weight still gives a NaN loss
+    (through the forward pass), as the book's 0 * sum(W**2) does."""
+    from fastbp.nets import MultiLayerNetExtend
+
+    cls = MultiLayerNetExtend if extend else MultiLayerNet
+    net = cls(6, [5], 3, weight_decay_lambda=decay, rng=2)
+    x, t, _ = batch(n=4, features=6, classes=3)
+    assert np.isfinite(net.loss(x, t))
+    net.params["W2"][0, 0] = np.nan
+    assert np.isnan(net.loss(x, t))
+
+
 def test_accuracy_with_index_and_one_hot_labels():
     net = TwoLayerNet(12, 9, 5, weight_init_std=1.0, rng=0)
     x, t, t1 = batch(n=50)
