@@ -31,7 +31,7 @@ import numpy as np
 from fastbp import checks
 from fastbp.kernels import nonzeros
 from fastbp.kernels.blas import plan
-from fastbp.kernels.dispatch import TRIAL_ROWS, choose_sparse, sparse_density
+from fastbp.kernels.dispatch import choose_sparse, sparse_density
 from fastbp.kernels.two_layer_step import two_layer_step
 
 PARAM_NAMES = ("W1", "b1", "W2", "b2")
@@ -214,8 +214,7 @@ class TwoLayerStep:
                 key = ("two_layer_step", x.dtype, dtype, blocks, n.bit_length(), k, h, backward)
                 density = sparse_density(key)
                 if density is None:
-                    rows = min(n, TRIAL_ROWS)
-                    density = choose_sparse(key, lambda d: run(d, False, rows)[1])
+                    density = choose_sparse(key, n, lambda d, rows: run(d, False, rows)[1])
             else:
                 density = 1.0 if sparse else -1.0
             loss, used_sparse, z1, y = run(density, update)

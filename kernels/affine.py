@@ -13,7 +13,7 @@ import numpy as np
 from numba import prange
 
 from fastbp.kernels.blas import block_of, columns_in_dtype, gemm, plan, rows_in_dtype, sum_blocks
-from fastbp.kernels.dispatch import TRIAL_ROWS, choose_sparse, sparse_density, twin
+from fastbp.kernels.dispatch import choose_sparse, sparse_density, twin
 from fastbp.kernels.nonzeros import (
     buffer_size,
     by_columns,
@@ -121,12 +121,11 @@ def forward(out, x, W, b, density=None):
         key = ("affine_forward", x.dtype, W.dtype, blocks, n.bit_length(), k, m)
         density = sparse_density(key)
         if density is None:
-            rows = min(n, TRIAL_ROWS)
 
-            def trial(density):
+            def trial(density, rows):
                 return build(out[:rows], x[:rows], W, b, xw, density, cols, own) > 0
 
-            density = choose_sparse(key, trial)
+            density = choose_sparse(key, n, trial)
     build(out, x, W, b, xw, density, cols, own)
 
 
@@ -149,5 +148,5 @@ def backward(dout, x, W, dx, dW, db, need_dx, density=None):
         key = ("affine_backward", x.dtype, W.dtype, blocks, n.bit_length(), k, m, need_dx)
         density = sparse_density(key)
         if density is None:
-            density = choose_sparse(key, lambda d: run(d, min(n, TRIAL_ROWS)))
+            density = choose_sparse(key, n, run)
     run(density)

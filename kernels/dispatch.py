@@ -117,25 +117,26 @@ def sparse_density(key):
     return _sparse_choices.get(key)
 
 
-def choose_sparse(key, trial):
-    """``sparse_density(key)``, timed first if needed: ``trial(density)`` runs the
-    kernel once with that density on this call's inputs, their first TRIAL_ROWS rows
-    (its outputs are overwritten by the call's own run after), and returns whether it
-    took the sparse layer."""
+def choose_sparse(key, rows, trial):
+    """``sparse_density(key)``, timed first if needed on a call of ``rows`` rows:
+    ``trial(density, r)`` runs the kernel once with that density on the first r rows
+    of this call's inputs (r = at most TRIAL_ROWS; its outputs are overwritten by the
+    call's own run after) and returns whether it took the sparse layer."""
     with _sparse_lock:
         if key not in _sparse_choices:
-            _sparse_choices[key] = SPARSE_GATE if _sparse_wins(trial) else -1.0
+            wins = _sparse_wins(trial, min(rows, TRIAL_ROWS))
+            _sparse_choices[key] = SPARSE_GATE if wins else -1.0
         return _sparse_choices[key]
 
 
-def _sparse_wins(trial):
-    if not trial(SPARSE_GATE):  # also the untimed first run: compilation, caches
+def _sparse_wins(trial, rows):
+    if not trial(SPARSE_GATE, rows):  # also the untimed first run: compilation, caches
         return False
     times = {SPARSE_GATE: [], -1.0: []}
     for _ in range(SPARSE_TRIALS):
         for density, samples in times.items():
             start = time.perf_counter()
-            trial(density)
+            trial(density, rows)
             samples.append(time.perf_counter() - start)
     sparse, dense = (float(np.median(samples)) for samples in times.values())
     return sparse <= SPARSE_MARGIN * dense

@@ -60,7 +60,7 @@ from fastbp.kernels import dispatch
 with dispatch._sparse_lock:  # held, as by another thread timing a shape, at the fork
     pid = os.fork()
     if pid == 0:  # the child: time a new shape, then leave at once
-        os._exit(0 if dispatch.choose_sparse(("child",), lambda d: False) == -1.0 else 1)
+        os._exit(0 if dispatch.choose_sparse(("child",), 1, lambda d, rows: False) == -1.0 else 1)
 deadline = time.monotonic() + 30
 while time.monotonic() < deadline:
     done, status = os.waitpid(pid, os.WNOHANG)

@@ -185,15 +185,17 @@ def test_the_sparse_layer_is_kept_only_where_it_was_faster(
     monkeypatch.setattr(dispatch, "_sparse_choices", {})
     calls = []
 
-    def trial(density):
+    def trial(density, rows):
         calls.append(density)
         time.sleep(sparse_time if density >= 0 else dense_time)
         return density >= 0
 
     expected = dispatch.SPARSE_GATE if wins else -1.0
-    assert dispatch.choose_sparse("shape", trial) == expected
+    assert dispatch.choose_sparse("shape", 100, trial) == expected
     assert len(calls) == 1 + 2 * dispatch.SPARSE_TRIALS
-    assert dispatch.choose_sparse("shape", trial) == dispatch.sparse_density("shape") == expected
+    assert (
+        dispatch.choose_sparse("shape", 100, trial) == dispatch.sparse_density("shape") == expected
+    )
     assert len(calls) == 1 + 2 * dispatch.SPARSE_TRIALS  # timed once
 
 
