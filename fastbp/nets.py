@@ -85,16 +85,15 @@ class Net:
             dout = layer.backward(dout)
 
 
-def _weight_decay(params, count, decay_lambda):
-    """0.5 * lambda * sum(W**2) summed over params W1..W{count}, as dot products (no
-    squared copy); 0.0 without decay (then not computed: any NaN or inf in a W already
-    makes the loss NaN through the forward pass)."""
-    total = 0.0
+def _plus_weight_decay(loss, params, count, decay_lambda):
+    """``loss`` plus 0.5 * lambda * sum(W**2) of params W1..W{count}, added one matrix
+    at a time as dot products (no squared copy); ``loss`` itself without decay (nothing
+    computed: any NaN or inf in a W already makes the loss NaN through the forward pass)."""
     if decay_lambda:
         for i in range(1, count + 1):
             W = params[f"W{i}"].reshape(-1)
-            total += 0.5 * decay_lambda * np.dot(W, W)
-    return total
+            loss += 0.5 * decay_lambda * np.dot(W, W)
+    return loss
 
 
 class LayerNet(Net):
@@ -129,7 +128,7 @@ class LayerNet(Net):
     def loss(self, x, t):
         """Mean cross-entropy of the batch (plus weight decay); t one-hot or class indices."""
         loss = self.lastLayer.forward(self.predict(x), t)
-        return loss + _weight_decay(self.params, self.n_affine, self.weight_decay_lambda)
+        return _plus_weight_decay(loss, self.params, self.n_affine, self.weight_decay_lambda)
 
     def accuracy(self, x, t):
         """Fraction of the batch whose highest score is the label (t one-hot or indices,
@@ -347,9 +346,9 @@ class MultiLayerNetExtend(Net):
 
     def loss(self, x, t, train_flg=False):
         """Cross-entropy of the batch plus 0.5 * lambda * sum(W**2) per weight matrix."""
-        y = self.predict(x, train_flg)
-        decay = _weight_decay(self.params, self.hidden_layer_num + 1, self.weight_decay_lambda)
-        return self.last_layer.forward(y, t) + decay
+        loss = self.last_layer.forward(self.predict(x, train_flg), t)
+        count = self.hidden_layer_num + 1
+        return _plus_weight_decay(loss, self.params, count, self.weight_decay_lambda)
 
     def accuracy(self, x, t):
         """Fraction of the batch classified right, in inference mode."""
