@@ -23,7 +23,9 @@ that calls ``np.dot`` (SciPy's BLAS).
 """
 
 import ctypes
+import importlib.util
 import os
+import sys
 
 import llvmlite.binding as ll
 import numba
@@ -33,9 +35,36 @@ from numba import carray, cfunc, njit, types
 from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic, overload
+from numba.np import linalg as _numba_linalg
 from numba.np.ufunc import parallel as _numba_parallel
 
 from fastbp.kernels.dispatch import FASTMATH
+
+
+def _numba_targets_without_scipy():
+    """Import ``numba.np.arraymath`` (which Numba imports on its first compile or cache
+    load) without the import of ``scipy.linalg`` it makes to learn whether ``np.dot`` in
+    compiled code will have a BLAS: 0.3-0.4 s of every process's first kernel call, for a
+    library fastbp's kernels do not call (they call the GEMMs bound below). Here the
+    answer is whether SciPy is installed; Numba imports it when it compiles code that
+    needs it (``ensure_blas``, restored after). No-op once Numba has loaded its targets."""
+    if "numba.np.arraymath" in sys.modules:
+        return
+    ensure_blas = _numba_linalg.ensure_blas
+
+    def scipy_installed():
+        if importlib.util.find_spec("scipy") is None:
+            raise ImportError("scipy 0.16+ is required for linear algebra")
+
+    _numba_linalg.ensure_blas = scipy_installed
+    try:
+        from numba.np import arraymath
+    finally:
+        _numba_linalg.ensure_blas = ensure_blas
+    arraymath.ensure_blas = ensure_blas
+
+
+_numba_targets_without_scipy()
 
 # CBLAS enums (C ints) and the names NumPy's ILP64 OpenBLAS exports, newest first.
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112

@@ -139,14 +139,18 @@ def test_fallback_matches_numpy(rng, dtype, trans_a, trans_b):
 
 
 WORKER = """
-import json, numpy as np
+import json, sys, numpy as np
+from numba import njit
 from fastbp.kernels import affine_backward, affine_forward
 x, W, b, dout = np.ones((3, 4)), np.ones((4, 2)), np.ones(2), np.ones((3, 2))
 out, dx, dW, db = np.empty((3, 2)), np.empty((3, 4)), np.empty((4, 2)), np.empty(2)
 affine_forward.serial(out, x, W, b, None, 0.5, np.empty((1, 4), np.int64), False)
 nz = np.empty(12, np.int64)
 affine_backward.serial(dout, x, None, W, dx, dW, db, True, -1, nz, np.empty((1, 2)), False)
+scipy_linalg = "scipy.linalg" in sys.modules
+dot = njit(lambda a, b: np.dot(a, b))(x, W)  # Numba's own np.dot: it imports SciPy's BLAS now
 print(json.dumps({
+    "scipy_linalg": scipy_linalg, "dot": dot.tolist(),
     "misses": sum(len(k.serial.stats.cache_misses) for k in (affine_forward, affine_backward)),
     "out": out.tolist(), "dx": dx.tolist(), "dW": dW.tolist(),
 }))
@@ -164,10 +168,13 @@ def run_worker(cache_dir):
 
 def test_cached_kernels_load_and_run(tmp_path):
     """A second fresh interpreter loads the affine kernels from the cache (the BLAS symbol
-    resolves at load time) and gets the same results."""
+    resolves at load time) and gets the same results. Neither imports scipy.linalg for
+    them (``blas._numba_targets_without_scipy``); Numba's compiled np.dot still works."""
     first, second = run_worker(tmp_path), run_worker(tmp_path)
     assert first["misses"] == 2 and second["misses"] == 0
     for run in (first, second):
+        assert not run["scipy_linalg"]
+        assert run["dot"] == [[4.0, 4.0]] * 3
         assert run["out"] == [[5.0, 5.0]] * 3
         assert run["dx"] == [[2.0] * 4] * 3
         assert run["dW"] == [[3.0, 3.0]] * 4
