@@ -87,12 +87,14 @@ class Net:
 
 def _plus_weight_decay(loss, params, count, decay_lambda):
     """``loss`` plus 0.5 * lambda * sum(W**2) of params W1..W{count}, added one matrix
-    at a time as dot products (no squared copy); ``loss`` itself without decay (nothing
-    computed: any NaN or inf in a W already makes the loss NaN through the forward pass)."""
+    at a time (``einsum``: no squared copy, and unlike ``np.dot`` it never wakes NumPy's
+    BLAS threads, which then spin against fastbp's: ``tests/test_thread_pools.py``);
+    ``loss`` itself without decay (nothing computed: any NaN or inf in a W already makes
+    the loss NaN through the forward pass)."""
     if decay_lambda:
         for i in range(1, count + 1):
             W = params[f"W{i}"].reshape(-1)
-            loss += 0.5 * decay_lambda * np.dot(W, W)
+            loss += 0.5 * decay_lambda * np.einsum("i,i->", W, W)
     return loss
 
 
