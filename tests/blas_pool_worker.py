@@ -32,7 +32,7 @@ def busy(step, seconds=0.5):
 
 
 def main():
-    from fastbp import nets, optimizers  # noqa: PLC0415 (after the threads are listed)
+    from fastbp import convnets, nets, optimizers  # noqa: PLC0415 (after the threads are listed)
     from fastbp.bookloop import book_mnist, over_fastbp_layers, user_loop_net
 
     (x, t), _ = book_mnist()
@@ -43,6 +43,8 @@ def main():
     extend = nets.MultiLayerNetExtend(
         784, [100] * 3, 10, weight_decay_lambda=0.1, use_batchnorm=True
     )
+    conv = convnets.SimpleConvNet()
+    images = x[:20].reshape(20, 1, 28, 28)
     adam = optimizers.Adam()
 
     def fastbp_step():
@@ -52,6 +54,7 @@ def main():
             grads = net.gradient(xb, tb)
             net.loss(xb, tb)
         adam.update(extend.params, grads)
+        conv.gradient(images, t[:20])
         two.accuracy(x, t)
 
     a = np.random.default_rng(0).standard_normal((400, 400))
