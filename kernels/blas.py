@@ -374,8 +374,11 @@ def _columns_in_dtype(x, xw, lo, hi):
 
     def impl(x, xw, lo, hi):
         for i in range(x.shape[0]):
-            for j in range(lo, hi):
-                xw[i, j] = x[i, j]
+            # Row views indexed from 0: Numba knows the index is not negative, so the
+            # loop vectorises (indexed lo:hi it was 6x slower).
+            source, target = x[i, lo:hi], xw[i, lo:hi]
+            for j in range(source.size):
+                target[j] = source[j]
         return xw[:, lo:hi]
 
     return impl
