@@ -44,6 +44,11 @@ def native(a):
 
 def float_array(name, a, ndim=None, min_ndim=0):
     """``a`` as a float32/float64 ndarray of the given rank (``frozen``); lists are converted."""
+    if type(a) is np.ndarray:  # the common case: a view, and FLOAT_DTYPES are native
+        view = a.view()
+        rank = (ndim is None or view.ndim == ndim) and view.ndim >= min_ndim
+        if rank and view.dtype in FLOAT_DTYPES:
+            return view
     a = native(frozen(a))
     if a.dtype not in FLOAT_DTYPES:
         raise TypeError(
@@ -65,6 +70,8 @@ def bias(name, b, d, dtype):
     if type(b) in (int, float):  # not bool, nor NumPy's scalars (they set the dtype)
         return np.full(d, b, dtype)
     b = float_array(name, b)
+    if b.shape == (d,):
+        return b
     if b.shape not in ((d,), (1, d)):  # a (1, d) row broadcasts in the book's NumPy too
         raise ValueError(f"{name} has shape {b.shape}, expected ({d},) or (1, {d}) to match W")
     return b.reshape(d)
