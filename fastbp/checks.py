@@ -72,7 +72,7 @@ def bias(name, b, d, dtype):
     b = float_array(name, b)
     if b.shape == (d,):
         return b
-    if b.shape not in ((d,), (1, d)):  # a (1, d) row broadcasts in the book's NumPy too
+    if b.shape != (1, d):  # a (1, d) row broadcasts in the book's NumPy too
         raise ValueError(f"{name} has shape {b.shape}, expected ({d},) or (1, {d}) to match W")
     return b.reshape(d)
 

@@ -53,7 +53,7 @@ def main():
         for net in (two, book_layers, decay, extend):
             grads = net.gradient(xb, tb)
             net.loss(xb, tb)
-        adam.update(extend.params, grads)
+        adam.update(extend.params, grads)  # extend's gradient: the last net above
         conv.gradient(images, t[:20])
         two.accuracy(x, t)
 

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_fastbp_leaves_numpys_blas_threads_asleep():
-    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_NUM_THREADS",)}
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_NUM_THREADS"}
     done = subprocess.run(
         [sys.executable, str(WORKER)], env=env, capture_output=True, text=True, timeout=600
     )
